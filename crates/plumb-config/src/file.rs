@@ -1,0 +1,90 @@
+//! The config file as serde reads it. Every scalar is a raw [`Value`] so that
+//! [`crate::validate`] can report each bad value with its path, instead of serde
+//! stopping at the first wrong type. Unknown keys are collected with `serde_ignored`
+//! (all of them, with paths) rather than `deny_unknown_fields` (first one only).
+#![allow(missing_docs, reason = "each field is documented in docs/config.md and on the model")]
+
+use serde::Deserialize;
+use toml::Value;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+pub struct File {
+    pub runtime: Option<Runtime>,
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub listener: Vec<Listener>,
+    #[serde(default)]
+    pub pool: Vec<Pool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Runtime {
+    pub workers: Option<Value>,
+    pub access_log: Option<Value>,
+    pub shutdown_grace: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Admin {
+    pub listen: Option<Value>,
+    pub token_file: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Listener {
+    pub name: Option<Value>,
+    pub listen: Option<Value>,
+    pub protocol: Option<Value>,
+    pub backlog: Option<Value>,
+    pub max_connections: Option<Value>,
+    pub pool: Option<Value>,
+    pub accept_proxy: Option<Value>,
+    pub expose_error_details: Option<Value>,
+    pub tcp: Option<Tcp>,
+    pub timeouts: Option<ListenerTimeouts>,
+    // Parsed so that they are not "unknown", and refused as not yet supported.
+    pub tls: Option<Value>,
+    pub route: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListenerTimeouts {
+    pub header_read: Option<Value>,
+    pub keepalive_idle: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Pool {
+    pub name: Option<Value>,
+    pub balance: Option<Value>,
+    pub backends: Option<Value>,
+    pub connect_attempts: Option<Value>,
+    pub timeouts: Option<PoolTimeouts>,
+    pub tcp: Option<Tcp>,
+    pub send_proxy: Option<Value>,
+    // Parsed so that they are not "unknown", and refused as not yet supported.
+    pub discovery: Option<Value>,
+    pub health: Option<Value>,
+    pub drain: Option<Value>,
+    pub on_marked_down: Option<Value>,
+    pub upstream: Option<Value>,
+    pub slow_start: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PoolTimeouts {
+    pub connect: Option<Value>,
+    pub tunnel_idle: Option<Value>,
+    pub response_header: Option<Value>,
+    pub idle: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Tcp {
+    pub keepalive_idle: Option<Value>,
+    pub keepalive_interval: Option<Value>,
+    pub keepalive_count: Option<Value>,
+    pub user_timeout: Option<Value>,
+    pub mss: Option<Value>,
+}

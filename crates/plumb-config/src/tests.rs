@@ -1,0 +1,225 @@
+use std::time::Duration;
+
+use crate::*;
+
+const MINIMAL: &str = r#"
+[[listener]]
+name = "front"
+listen = "127.0.0.1:8080"
+pool = "app"
+
+[[pool]]
+name = "app"
+backends = ["127.0.0.1:9001"]
+"#;
+
+/// Parses `text` and returns its errors, one per line, or panics if it is valid.
+fn errors(text: &str) -> String {
+    match parse(text) {
+        Ok(c) => panic!("expected errors, got a valid config: {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn check(text: &str, expected: &[&str]) {
+    let got = errors(text);
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn minimal_config_gets_safe_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    let p = &c.pools[0];
+    assert_eq!(p.balance, Balance::RoundRobin);
+    assert_eq!(p.timeouts.connect, Duration::from_secs(3));
+    assert_eq!(p.connect_attempts, 3);
+    assert_eq!(p.backends[0].weight, 1);
+    assert_eq!(p.tcp.user_timeout, Some(Duration::from_secs(30)));
+    assert!(p.tcp.keepalive.is_some());
+    let l = &c.listeners[0];
+    assert_eq!(l.backlog, 4096);
+    assert_eq!(l.max_connections, None);
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.runtime.access_log, AccessLog::Stderr);
+}
+
+#[test]
+fn bad_duration_names_its_path() {
+    let text = format!("{MINIMAL}\n[pool.timeouts]\nconnect = \"3x\"\n");
+    check(&text, &[r#"pool[0].timeouts.connect: "3x" is not a duration (such as "250ms", "5s", "2m", "1h")"#]);
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let text = r#"
+[[listener]]
+name = "front"
+listen = ["127.0.0.1:8080", "nope"]
+pool = "missing"
+backlog = 0
+colour = "blue"
+
+[[pool]]
+name = "app"
+balance = "fastest"
+backends = ["127.0.0.1:9001", "127.0.0.1:9001", { address = "10.0.0.1:80", weight = 0 }]
+
+[[pool]]
+name = "app"
+backends = ["127.0.0.1:9002"]
+[pool.timeouts]
+connect = "0s"
+tunnel_idle = 5
+"#;
+    check(
+        text,
+        &[
+            "listener[0].colour: unknown key",
+            r#"pool[0].balance: "fastest" is not a balancing algorithm (expected "round_robin", "least_conn" or "random_two")"#,
+            "pool[0].backends[1]: duplicate backend 127.0.0.1:9001",
+            "pool[0].backends[2].weight: 0 is out of range (1 to 1000)",
+            "pool[1].timeouts.connect: must be greater than zero: every wait needs a timer",
+            r#"pool[1].timeouts.tunnel_idle: 5 is not a duration (such as "250ms", "5s", "2m", "1h")"#,
+            r#"listener[0].listen[1]: "nope" is not an address (expected IP:port, such as "127.0.0.1:8080" or "[::1]:8080")"#,
+            "listener[0].backlog: 0 is out of range (1 to 65535)",
+            r#"pool[1].name: duplicate pool name "app""#,
+            r#"listener[0].pool: pool "missing" does not exist"#,
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_anywhere_are_reported() {
+    let text = format!("{MINIMAL}\n[runtime]\nthreads = 2\n[pool.tcp]\nkeepalive = true\n");
+    check(&text, &["pool[0].tcp.keepalive: unknown key", "runtime.threads: unknown key"]);
+}
+
+#[test]
+fn wrong_table_shape_is_reported_with_path() {
+    check(
+        "[[listener]]\nname = \"a\"\n[[pool]]\ntimeouts = 3\n",
+        &["pool[0].timeouts: invalid type: integer `3`, expected struct PoolTimeouts"],
+    );
+}
+
+#[test]
+fn syntax_error_gives_line_and_column() {
+    let e = errors("[[listener]]\nname = \"a\nlisten = 1\n");
+    assert!(e.starts_with("line 2, column"), "{e}");
+    assert!(e.contains("invalid TOML"), "{e}");
+}
+
+#[test]
+fn listener_needs_pool_and_addresses() {
+    check(
+        "[[listener]]\nname = \"front\"\n",
+        &[
+            r#"listener[0].listen: missing (an address such as "127.0.0.1:8080")"#,
+            "listener[0].pool: missing (the name of a [[pool]])",
+        ],
+    );
+    check("", &["listener: at least one [[listener]] is required"]);
+}
+
+#[test]
+fn features_of_later_versions_are_refused_not_ignored() {
+    let text = format!("{MINIMAL}\n[pool.health]\nkind = \"tcp\"\n");
+    check(&text, &["pool[0].health: not supported yet by this version of plumb"]);
+}
+
+#[test]
+fn weights_ipv6_and_tcp_options() {
+    let text = r#"
+[[listener]]
+name = "front"
+listen = ["127.0.0.1:8080", "[::1]:8080"]
+pool = "app"
+max_connections = 10
+[listener.tcp]
+mss = 1200
+
+[[pool]]
+name = "app"
+balance = "least_conn"
+backends = [{ address = "[::1]:9001", weight = 3 }, "127.0.0.1:9002"]
+send_proxy = "v2"
+[pool.tcp]
+keepalive_idle = "0s"
+user_timeout = "10s"
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.listeners[0].listen.len(), 2);
+    assert_eq!(c.listeners[0].tcp.mss, Some(1200));
+    assert_eq!(c.pools[0].backends[0].weight, 3);
+    assert_eq!(c.pools[0].backends[0].addr.to_string(), "[::1]:9001");
+    assert_eq!(c.pools[0].tcp.keepalive, None);
+    assert_eq!(c.pools[0].tcp.user_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(c.pools[0].send_proxy, Some(ProxyVersion::V2));
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("5"), None);
+    assert_eq!(parse_duration("3x"), None);
+    assert_eq!(parse_duration("-1s"), None);
+    assert_eq!(parse_duration(""), None);
+    assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any text at all: an error or a config, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = crate::parse(&text);
+        }
+
+        /// TOML-shaped text built from the config's own keys and odd values.
+        #[test]
+        fn toml_shaped_text_never_panics(lines in proptest::collection::vec(line(), 0..30)) {
+            let text = lines.join("\n");
+            if let Err(e) = crate::parse(&text) {
+                prop_assert!(!e.0.is_empty());
+                for err in &e.0 {
+                    prop_assert!(!err.message.is_empty());
+                }
+            }
+        }
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        let header = prop::sample::select(vec![
+            "[[listener]]", "[[pool]]", "[runtime]", "[admin]", "[pool.timeouts]",
+            "[pool.tcp]", "[listener.tcp]", "[listener.timeouts]", "[[pool.backends]]",
+        ])
+        .prop_map(str::to_string);
+        let key = prop::sample::select(vec![
+            "name", "listen", "pool", "backends", "balance", "connect", "tunnel_idle",
+            "weight", "address", "mss", "backlog", "max_connections", "workers",
+            "keepalive_idle", "user_timeout", "send_proxy", "accept_proxy", "health",
+            "access_log", "connect_attempts", "keepalive_count", "x",
+        ]);
+        let value = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            "\"[a-z0-9:.\\[\\]]{0,20}\"",
+            Just("\"127.0.0.1:80\"".to_string()),
+            Just("[\"127.0.0.1:1\", { address = \"[::1]:2\", weight = 2 }]".to_string()),
+            Just("\"5s\"".to_string()),
+            Just("true".to_string()),
+            Just("{ a = 1 }".to_string()),
+            Just("[]".to_string()),
+            Just("1.5".to_string()),
+        ];
+        prop_oneof![header, (key, value).prop_map(|(k, v)| format!("{k} = {v}"))]
+    }
+}

@@ -1,0 +1,654 @@
+//! From [`file::File`] to [`Config`]: every error collected, each with its field path.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Value;
+
+use crate::duration::parse_duration;
+use crate::file;
+use crate::model::*;
+
+/// One problem in a config, at a field path such as `pool[1].timeouts.connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where: a field path, or a line and column for a TOML syntax error.
+    pub path: String,
+    /// What is wrong, lowercase, no final period.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+pub(crate) fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => return Err(ConfigErrors(vec![syntax_error(text, &e)])),
+    };
+    let mut errors = Vec::new();
+    let mut unknown = Vec::new();
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
+    let de = serde_ignored::Deserializer::new(Value::Table(table), &mut on_unknown);
+    let file: file::File = match serde_path_to_error::deserialize(de) {
+        Ok(f) => f,
+        Err(e) => {
+            let path = error_path(e.path());
+            let message = e.into_inner().message().to_string();
+            return Err(ConfigErrors(vec![ConfigError { path, message }]));
+        }
+    };
+    drop(on_unknown);
+    for path in unknown {
+        errors.push(ConfigError {
+            path,
+            message: "unknown key".to_string(),
+        });
+    }
+    let mut v = Validator { errors };
+    let config = v.config(&file);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let path = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    ConfigError {
+        path,
+        message: format!("invalid TOML: {}", e.message()),
+    }
+}
+
+fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = ignored_path(parent);
+            if parent.is_empty() {
+                key.to_string()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+fn error_path(p: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in p.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Quotes a raw value the way it appeared in the file, for messages.
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, f: &file::File) -> Config {
+        let runtime = self.runtime(f.runtime.as_ref());
+        let admin = self.admin(f.admin.as_ref());
+        let pools: Vec<Pool> = f
+            .pool
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.pool(&format!("pool[{i}]"), p))
+            .collect();
+        let listeners: Vec<Listener> = f
+            .listener
+            .iter()
+            .enumerate()
+            .map(|(i, l)| self.listener(&format!("listener[{i}]"), l))
+            .collect();
+        if f.listener.is_empty() {
+            self.err("listener", "at least one [[listener]] is required");
+        }
+        self.unique_names("pool", pools.iter().map(|p| p.name.as_str()));
+        self.unique_names("listener", listeners.iter().map(|l| l.name.as_str()));
+        let mut bound = HashSet::new();
+        for (i, l) in listeners.iter().enumerate() {
+            if !l.pool.is_empty() && !pools.iter().any(|p| p.name == l.pool) {
+                self.err(
+                    &format!("listener[{i}].pool"),
+                    format!("pool {:?} does not exist", l.pool),
+                );
+            }
+            for (j, addr) in l.listen.iter().enumerate() {
+                if !bound.insert(*addr) {
+                    self.err(
+                        &format!("listener[{i}].listen[{j}]"),
+                        format!("{addr} is already used by another listener"),
+                    );
+                } else if *addr == admin.listen {
+                    self.err(
+                        &format!("listener[{i}].listen[{j}]"),
+                        format!("{addr} is the admin API's address"),
+                    );
+                }
+            }
+        }
+        Config {
+            runtime,
+            admin,
+            listeners,
+            pools,
+        }
+    }
+
+    fn unique_names<'a>(&mut self, what: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen = HashSet::new();
+        for (i, name) in names.enumerate() {
+            if !name.is_empty() && !seen.insert(name) {
+                self.err(
+                    &format!("{what}[{i}].name"),
+                    format!("duplicate {what} name {name:?}"),
+                );
+            }
+        }
+    }
+
+    fn runtime(&mut self, r: Option<&file::Runtime>) -> Runtime {
+        let d = file::Runtime::default();
+        let r = r.unwrap_or(&d);
+        let workers = r
+            .workers
+            .as_ref()
+            .and_then(|v| self.int(v, "runtime.workers", 1, 1024))
+            .map(|n| n as usize);
+        let access_log = match &r.access_log {
+            None => AccessLog::Stderr,
+            Some(v) => match self.string(v, "runtime.access_log") {
+                Some("stderr") => AccessLog::Stderr,
+                Some("off") => AccessLog::Off,
+                Some("") => {
+                    self.err(
+                        "runtime.access_log",
+                        "empty path (use \"stderr\", \"off\" or a file path)",
+                    );
+                    AccessLog::Stderr
+                }
+                Some(path) => AccessLog::File(PathBuf::from(path)),
+                None => AccessLog::Stderr,
+            },
+        };
+        let shutdown_grace = self.duration_or(
+            r.shutdown_grace.as_ref(),
+            "runtime.shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+        );
+        Runtime {
+            workers,
+            access_log,
+            shutdown_grace,
+        }
+    }
+
+    fn admin(&mut self, a: Option<&file::Admin>) -> Admin {
+        let default_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9901));
+        let d = file::Admin::default();
+        let a = a.unwrap_or(&d);
+        let listen = a
+            .listen
+            .as_ref()
+            .and_then(|v| self.addr(v, "admin.listen"))
+            .unwrap_or(default_listen);
+        let token_file = a
+            .token_file
+            .as_ref()
+            .and_then(|v| self.string(v, "admin.token_file"))
+            .map(PathBuf::from);
+        Admin { listen, token_file }
+    }
+
+    fn listener(&mut self, path: &str, l: &file::Listener) -> Listener {
+        let name = self.name(l.name.as_ref(), &format!("{path}.name"));
+        let listen = match &l.listen {
+            None => {
+                self.err(&format!("{path}.listen"), "missing (an address such as \"127.0.0.1:8080\")");
+                Vec::new()
+            }
+            Some(Value::Array(items)) => {
+                if items.is_empty() {
+                    self.err(&format!("{path}.listen"), "empty list of addresses");
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| self.addr(v, &format!("{path}.listen[{i}]")))
+                    .collect()
+            }
+            Some(v) => self.addr(v, &format!("{path}.listen")).into_iter().collect(),
+        };
+        let protocol = match &l.protocol {
+            None => Protocol::Tcp,
+            Some(v) => match self.string(v, &format!("{path}.protocol")) {
+                Some("tcp") | None => Protocol::Tcp,
+                Some("http") => {
+                    self.err(
+                        &format!("{path}.protocol"),
+                        "\"http\" is not supported yet by this version of plumb (only \"tcp\")",
+                    );
+                    Protocol::Tcp
+                }
+                Some(other) => {
+                    self.err(
+                        &format!("{path}.protocol"),
+                        format!("{other:?} is not a protocol (expected \"tcp\" or \"http\")"),
+                    );
+                    Protocol::Tcp
+                }
+            },
+        };
+        let backlog = l
+            .backlog
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.backlog"), 1, 65535))
+            .map_or(DEFAULT_BACKLOG, |n| n as u32);
+        let max_connections = l
+            .max_connections
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.max_connections"), 1, 10_000_000))
+            .map(|n| n as usize);
+        let pool = match &l.pool {
+            Some(v) => self.string(v, &format!("{path}.pool")).unwrap_or("").to_string(),
+            None => {
+                self.err(&format!("{path}.pool"), "missing (the name of a [[pool]])");
+                String::new()
+            }
+        };
+        let accept_proxy = self.boolean(l.accept_proxy.as_ref(), &format!("{path}.accept_proxy"));
+        let expose_error_details = self.boolean(
+            l.expose_error_details.as_ref(),
+            &format!("{path}.expose_error_details"),
+        );
+        let tcp = self.tcp(l.tcp.as_ref(), &format!("{path}.tcp"));
+        let mut header_read = DEFAULT_HEADER_READ;
+        if let Some(t) = &l.timeouts {
+            header_read = self.duration_or(
+                t.header_read.as_ref(),
+                &format!("{path}.timeouts.header_read"),
+                DEFAULT_HEADER_READ,
+            );
+            self.unsupported(t.keepalive_idle.as_ref(), &format!("{path}.timeouts.keepalive_idle"));
+        }
+        self.unsupported(l.tls.as_ref(), &format!("{path}.tls"));
+        self.unsupported(l.route.as_ref(), &format!("{path}.route"));
+        Listener {
+            name,
+            listen,
+            protocol,
+            backlog,
+            max_connections,
+            pool,
+            accept_proxy,
+            expose_error_details,
+            tcp,
+            header_read,
+        }
+    }
+
+    fn pool(&mut self, path: &str, p: &file::Pool) -> Pool {
+        let name = self.name(p.name.as_ref(), &format!("{path}.name"));
+        let balance = match &p.balance {
+            None => Balance::RoundRobin,
+            Some(v) => match self.string(v, &format!("{path}.balance")) {
+                Some("round_robin") | None => Balance::RoundRobin,
+                Some("least_conn") => Balance::LeastConn,
+                Some("random_two") => Balance::RandomTwo,
+                Some(other) => {
+                    self.err(
+                        &format!("{path}.balance"),
+                        format!(
+                            "{other:?} is not a balancing algorithm (expected \"round_robin\", \"least_conn\" or \"random_two\")"
+                        ),
+                    );
+                    Balance::RoundRobin
+                }
+            },
+        };
+        let backends = self.backends(p.backends.as_ref(), &format!("{path}.backends"));
+        if p.discovery.is_some() {
+            self.unsupported(p.discovery.as_ref(), &format!("{path}.discovery"));
+        }
+        let connect_attempts = p
+            .connect_attempts
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.connect_attempts"), 1, 16))
+            .map_or(DEFAULT_CONNECT_ATTEMPTS, |n| n as usize);
+        let mut timeouts = PoolTimeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            tunnel_idle: DEFAULT_TUNNEL_IDLE,
+        };
+        if let Some(t) = &p.timeouts {
+            timeouts.connect = self.positive_duration_or(
+                t.connect.as_ref(),
+                &format!("{path}.timeouts.connect"),
+                DEFAULT_CONNECT_TIMEOUT,
+            );
+            timeouts.tunnel_idle = self.positive_duration_or(
+                t.tunnel_idle.as_ref(),
+                &format!("{path}.timeouts.tunnel_idle"),
+                DEFAULT_TUNNEL_IDLE,
+            );
+            self.unsupported(t.response_header.as_ref(), &format!("{path}.timeouts.response_header"));
+            self.unsupported(t.idle.as_ref(), &format!("{path}.timeouts.idle"));
+        }
+        let tcp = self.tcp(p.tcp.as_ref(), &format!("{path}.tcp"));
+        let send_proxy = match &p.send_proxy {
+            None => None,
+            Some(v) => match self.string(v, &format!("{path}.send_proxy")) {
+                Some("v1") => Some(ProxyVersion::V1),
+                Some("v2") => Some(ProxyVersion::V2),
+                Some(other) => {
+                    self.err(
+                        &format!("{path}.send_proxy"),
+                        format!("{other:?} is not a PROXY protocol version (expected \"v1\" or \"v2\")"),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        for (key, v) in [
+            ("health", &p.health),
+            ("drain", &p.drain),
+            ("on_marked_down", &p.on_marked_down),
+            ("upstream", &p.upstream),
+            ("slow_start", &p.slow_start),
+        ] {
+            self.unsupported(v.as_ref(), &format!("{path}.{key}"));
+        }
+        Pool {
+            name,
+            balance,
+            backends,
+            connect_attempts,
+            timeouts,
+            tcp,
+            send_proxy,
+        }
+    }
+
+    fn backends(&mut self, v: Option<&Value>, path: &str) -> Vec<BackendSpec> {
+        let items = match v {
+            None => {
+                self.err(path, "missing (a list of backend addresses)");
+                return Vec::new();
+            }
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.err(path, format!("expected a list of addresses, found {}", show(other)));
+                return Vec::new();
+            }
+        };
+        if items.is_empty() {
+            self.err(path, "empty: a pool needs at least one backend");
+        }
+        let mut out: Vec<BackendSpec> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            let spec = match item {
+                Value::String(_) => self.addr(item, &ipath).map(|addr| BackendSpec { addr, weight: 1 }),
+                Value::Table(t) => {
+                    for key in t.keys() {
+                        if key != "address" && key != "weight" {
+                            self.err(&format!("{ipath}.{key}"), "unknown key");
+                        }
+                    }
+                    let addr = match t.get("address") {
+                        Some(a) => self.addr(a, &format!("{ipath}.address")),
+                        None => {
+                            self.err(&format!("{ipath}.address"), "missing");
+                            None
+                        }
+                    };
+                    let weight = match t.get("weight") {
+                        Some(w) => self.int(w, &format!("{ipath}.weight"), 1, 1000).map(|w| w as u32),
+                        None => Some(1),
+                    };
+                    match (addr, weight) {
+                        (Some(addr), Some(weight)) => Some(BackendSpec { addr, weight }),
+                        _ => None,
+                    }
+                }
+                other => {
+                    self.err(
+                        &ipath,
+                        format!(
+                            "expected an address or {{ address = \"...\", weight = N }}, found {}",
+                            show(other)
+                        ),
+                    );
+                    None
+                }
+            };
+            if let Some(spec) = spec {
+                if out.iter().any(|b| b.addr == spec.addr) {
+                    self.err(&ipath, format!("duplicate backend {}", spec.addr));
+                } else {
+                    out.push(spec);
+                }
+            }
+        }
+        out
+    }
+
+    fn tcp(&mut self, t: Option<&file::Tcp>, path: &str) -> TcpOptions {
+        let mut out = TcpOptions::default();
+        let Some(t) = t else { return out };
+        let ka = out.keepalive.unwrap_or(TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6,
+        });
+        let idle = self.duration_or(t.keepalive_idle.as_ref(), &format!("{path}.keepalive_idle"), ka.idle);
+        let interval = self.positive_duration_or(
+            t.keepalive_interval.as_ref(),
+            &format!("{path}.keepalive_interval"),
+            ka.interval,
+        );
+        let count = t
+            .keepalive_count
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.keepalive_count"), 1, 127))
+            .map_or(ka.count, |n| n as u32);
+        for (key, d) in [("keepalive_idle", idle), ("keepalive_interval", interval)] {
+            if d > Duration::from_secs(32767) {
+                self.err(&format!("{path}.{key}"), "must be at most 32767s (the kernel's limit)");
+            } else if !d.is_zero() && d < Duration::from_secs(1) {
+                self.err(&format!("{path}.{key}"), "must be at least 1s (the kernel counts in seconds)");
+            }
+        }
+        out.keepalive = (!idle.is_zero()).then_some(TcpKeepalive { idle, interval, count });
+        let user_timeout = self.duration_or(
+            t.user_timeout.as_ref(),
+            &format!("{path}.user_timeout"),
+            out.user_timeout.unwrap_or_default(),
+        );
+        if user_timeout.as_millis() > u128::from(u32::MAX) {
+            self.err(&format!("{path}.user_timeout"), "too long");
+        }
+        out.user_timeout = (!user_timeout.is_zero()).then_some(user_timeout);
+        out.mss = t
+            .mss
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.mss"), 88, 65495))
+            .map(|n| n as u32);
+        out
+    }
+
+    /// Names: non-empty, printable, no spaces (they become metric labels and URL parts).
+    fn name(&mut self, v: Option<&Value>, path: &str) -> String {
+        let Some(v) = v else {
+            self.err(path, "missing");
+            return String::new();
+        };
+        let Some(s) = self.string(v, path) else {
+            return String::new();
+        };
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            self.err(
+                path,
+                format!("{s:?} is not a valid name (1 to 64 of a-z, A-Z, 0-9, '-', '_', '.')"),
+            );
+        }
+        s.to_string()
+    }
+
+    fn unsupported(&mut self, v: Option<&Value>, path: &str) {
+        if v.is_some() {
+            self.err(path, "not supported yet by this version of plumb");
+        }
+    }
+
+    fn string<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v str> {
+        match v {
+            Value::String(s) => Some(s),
+            other => {
+                self.err(path, format!("expected a string, found {}", show(other)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: Option<&Value>, path: &str) -> bool {
+        match v {
+            None => false,
+            Some(Value::Boolean(b)) => *b,
+            Some(other) => {
+                self.err(path, format!("expected true or false, found {}", show(other)));
+                false
+            }
+        }
+    }
+
+    fn int(&mut self, v: &Value, path: &str, min: i64, max: i64) -> Option<i64> {
+        match v {
+            Value::Integer(n) if (min..=max).contains(n) => Some(*n),
+            Value::Integer(n) => {
+                self.err(path, format!("{n} is out of range ({min} to {max})"));
+                None
+            }
+            other => {
+                self.err(path, format!("expected an integer, found {}", show(other)));
+                None
+            }
+        }
+    }
+
+    fn addr(&mut self, v: &Value, path: &str) -> Option<SocketAddr> {
+        let s = self.string(v, path)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!(
+                        "{s:?} is not an address (expected IP:port, such as \"127.0.0.1:8080\" or \"[::1]:8080\")"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration_or(&mut self, v: Option<&Value>, path: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        let parsed = match v {
+            Value::String(s) => parse_duration(s),
+            _ => None,
+        };
+        match parsed {
+            Some(d) => d,
+            None => {
+                self.err(
+                    path,
+                    format!("{} is not a duration (such as \"250ms\", \"5s\", \"2m\", \"1h\")", show(v)),
+                );
+                default
+            }
+        }
+    }
+
+    fn positive_duration_or(&mut self, v: Option<&Value>, path: &str, default: Duration) -> Duration {
+        let d = self.duration_or(v, path, default);
+        if d.is_zero() {
+            self.err(path, "must be greater than zero: every wait needs a timer");
+            return default;
+        }
+        d
+    }
+}

@@ -1,0 +1,110 @@
+//! Everything plumb asks of the operating system about a socket, in one place.
+//!
+//! Each socket option is a safe function over anything that owns a file descriptor
+//! (`AsFd`), so the same call works on a `std`, `tokio` or `socket2` socket. Most go
+//! through `socket2`; the few that `socket2` does not cover (`TCP_INFO`) go through two
+//! tiny `unsafe` helpers in [`raw`], each with a `SAFETY` comment. No other plumb crate
+//! contains `unsafe` code.
+//!
+//! Only Linux is supported: plumb reads Linux-specific TCP state (`TCP_INFO`,
+//! `TCP_USER_TIMEOUT`). On other targets the crate does not build.
+#![allow(unsafe_code, reason = "this crate is where plumb's unsafe code lives")]
+#![warn(missing_docs)]
+
+mod raw;
+mod tcp_info;
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+
+pub use tcp_info::TcpInfo;
+
+/// TCP keepalive settings: how long a connection may be silent before the kernel
+/// starts probing it, how often it probes, and how many unanswered probes end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe (`TCP_KEEPIDLE`).
+    pub idle: Duration,
+    /// Time between probes (`TCP_KEEPINTVL`).
+    pub interval: Duration,
+    /// Unanswered probes before the kernel drops the connection (`TCP_KEEPCNT`).
+    pub count: u32,
+}
+
+/// Turns on `SO_KEEPALIVE` with the given timings.
+pub fn set_keepalive(sock: &impl AsFd, ka: Keepalive) -> io::Result<()> {
+    let params = TcpKeepalive::new()
+        .with_time(ka.idle)
+        .with_interval(ka.interval)
+        .with_retries(ka.count);
+    SockRef::from(sock).set_tcp_keepalive(&params)
+}
+
+/// Reads back the keepalive settings, or `None` when `SO_KEEPALIVE` is off.
+pub fn keepalive(sock: &impl AsFd) -> io::Result<Option<Keepalive>> {
+    let s = SockRef::from(sock);
+    if !s.keepalive()? {
+        return Ok(None);
+    }
+    Ok(Some(Keepalive {
+        idle: s.tcp_keepalive_time()?,
+        interval: s.tcp_keepalive_interval()?,
+        count: s.tcp_keepalive_retries()?,
+    }))
+}
+
+/// Sets `TCP_USER_TIMEOUT`: the longest time sent data (or a keepalive probe) may stay
+/// unacknowledged before the kernel gives up on the connection with `ETIMEDOUT`.
+/// This is what bounds a black-holed peer once data is in flight.
+pub fn set_user_timeout(sock: &impl AsFd, timeout: Duration) -> io::Result<()> {
+    SockRef::from(sock).set_tcp_user_timeout(Some(timeout))
+}
+
+/// Reads back `TCP_USER_TIMEOUT` (`None` when unset, the kernel default).
+pub fn user_timeout(sock: &impl AsFd) -> io::Result<Option<Duration>> {
+    SockRef::from(sock).tcp_user_timeout()
+}
+
+/// Sets `TCP_MAXSEG`. On a listening socket, or a socket before `connect`, this caps
+/// the MSS advertised in the SYN (or SYN-ACK), so the peer never sends segments larger
+/// than a path can carry: the fix for an MTU black hole between the two ends.
+pub fn set_mss(sock: &impl AsFd, mss: u32) -> io::Result<()> {
+    SockRef::from(sock).set_tcp_mss(mss)
+}
+
+/// Reads `TCP_MAXSEG`: before the handshake, the configured clamp (or the default);
+/// after it, the MSS in use for sending.
+pub fn mss(sock: &impl AsFd) -> io::Result<u32> {
+    SockRef::from(sock).tcp_mss()
+}
+
+/// Arms `SO_LINGER` with a zero timeout, so that closing the socket sends an RST
+/// instead of a FIN and discards unsent data. This is how plumb passes a reset on.
+pub fn set_linger_zero(sock: &impl AsFd) -> io::Result<()> {
+    SockRef::from(sock).set_linger(Some(Duration::ZERO))
+}
+
+/// Reads `SO_LINGER` (`Some(0)` after [`set_linger_zero`]).
+pub fn linger(sock: &impl AsFd) -> io::Result<Option<Duration>> {
+    SockRef::from(sock).linger()
+}
+
+/// Half-closes the sending side (`shutdown(SHUT_WR)`): the peer reads EOF, and can
+/// still send to us.
+pub fn shutdown_write(sock: &impl AsFd) -> io::Result<()> {
+    SockRef::from(sock).shutdown(std::net::Shutdown::Write)
+}
+
+/// Takes and clears the socket's pending error (`SO_ERROR`).
+pub fn take_error(sock: &impl AsFd) -> io::Result<Option<io::Error>> {
+    SockRef::from(sock).take_error()
+}
+
+/// Reads `TCP_INFO`: the kernel's view of the connection (RTT, retransmissions, MSS,
+/// path MTU...). Fields the running kernel does not know are left at zero.
+pub fn tcp_info(sock: &impl AsFd) -> io::Result<TcpInfo> {
+    tcp_info::read(sock.as_fd())
+}

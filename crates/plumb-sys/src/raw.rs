@@ -1,0 +1,44 @@
+//! The two calls into libc that socket2 does not cover. Every `unsafe` block of plumb
+//! is in this file.
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Marker for plain-old-data option values: any bit pattern, including all zeroes, is
+/// a valid value, and the type has no padding the kernel could leave uninitialised in
+/// a way that matters to Rust.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` structs of integers.
+pub(crate) unsafe trait Pod: Copy {}
+
+/// `getsockopt` into a zero-initialised `T`; returns the value and how many bytes the
+/// kernel wrote (older kernels write a prefix of newer structs).
+pub(crate) fn getsockopt<T: Pod>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<(T, usize)> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `fd` is a live descriptor for the duration of the borrow; `value` points
+    // to `len` writable bytes, and the kernel writes at most `len` bytes and updates
+    // `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the value was zero-initialised and `T: Pod` makes every bit pattern,
+    // including a partial write over zeroes, a valid `T`.
+    let value = unsafe { value.assume_init() };
+    Ok((value, len as usize))
+}

@@ -1,0 +1,113 @@
+//! `TCP_INFO`, laid out as in `linux/tcp.h` (through `tcpi_bytes_retrans`, Linux 4.19+).
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use crate::raw::{getsockopt, Pod};
+
+/// The kernel's `struct tcp_info`. Times are in microseconds unless named otherwise.
+/// Fields a kernel does not fill stay zero.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs, reason = "the fields are the kernel's; see linux/tcp.h")]
+pub struct TcpInfo {
+    pub state: u8,
+    pub ca_state: u8,
+    /// Retransmissions of the segment at the head of the queue, right now (for a
+    /// connecting socket: SYN retransmissions so far).
+    pub retransmits: u8,
+    pub probes: u8,
+    pub backoff: u8,
+    pub options: u8,
+    pub wscale: u8,
+    pub app_limited: u8,
+    pub rto: u32,
+    pub ato: u32,
+    pub snd_mss: u32,
+    pub rcv_mss: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    pub sacked: u32,
+    pub lost: u32,
+    pub retrans: u32,
+    pub fackets: u32,
+    pub last_data_sent: u32,
+    pub last_ack_sent: u32,
+    pub last_data_recv: u32,
+    pub last_ack_recv: u32,
+    pub pmtu: u32,
+    pub rcv_ssthresh: u32,
+    /// Smoothed round-trip time.
+    pub rtt: u32,
+    pub rttvar: u32,
+    pub snd_ssthresh: u32,
+    pub snd_cwnd: u32,
+    pub advmss: u32,
+    pub reordering: u32,
+    pub rcv_rtt: u32,
+    pub rcv_space: u32,
+    /// Retransmissions over the life of the connection (SYNs included).
+    pub total_retrans: u32,
+    pub pacing_rate: u64,
+    pub max_pacing_rate: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub segs_out: u32,
+    pub segs_in: u32,
+    pub notsent_bytes: u32,
+    pub min_rtt: u32,
+    pub data_segs_in: u32,
+    pub data_segs_out: u32,
+    pub delivery_rate: u64,
+    pub busy_time: u64,
+    pub rwnd_limited: u64,
+    pub sndbuf_limited: u64,
+    pub delivered: u32,
+    pub delivered_ce: u32,
+    pub bytes_sent: u64,
+    pub bytes_retrans: u64,
+}
+
+// SAFETY: `TcpInfo` is `repr(C)` and made only of integers, so any bit pattern is valid.
+unsafe impl Pod for TcpInfo {}
+
+/// `TCP_ESTABLISHED` in `tcpi_state`.
+pub const STATE_ESTABLISHED: u8 = 1;
+
+impl TcpInfo {
+    /// Smoothed round-trip time.
+    pub fn rtt(&self) -> Duration {
+        Duration::from_micros(u64::from(self.rtt))
+    }
+
+    /// Round-trip time variation.
+    pub fn rttvar(&self) -> Duration {
+        Duration::from_micros(u64::from(self.rttvar))
+    }
+
+    /// Whether the kernel considers the connection established.
+    pub fn is_established(&self) -> bool {
+        self.state == STATE_ESTABLISHED
+    }
+}
+
+pub(crate) fn read(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
+    let (info, _len) = getsockopt::<TcpInfo>(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_kernel_offsets() {
+        // Offsets from linux/tcp.h: the u32 block starts after eight u8 fields and the
+        // first u64 (pacing_rate) after 24 u32s.
+        assert_eq!(std::mem::offset_of!(TcpInfo, rto), 8);
+        assert_eq!(std::mem::offset_of!(TcpInfo, total_retrans), 100);
+        assert_eq!(std::mem::offset_of!(TcpInfo, pacing_rate), 104);
+        assert_eq!(std::mem::offset_of!(TcpInfo, bytes_retrans), 208);
+    }
+}
