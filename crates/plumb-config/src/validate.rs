@@ -58,7 +58,8 @@ pub(crate) fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut unknown = Vec::new();
     let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
     let de = serde_ignored::Deserializer::new(Value::Table(table), &mut on_unknown);
-    let file: file::File = match serde_path_to_error::deserialize(de) {
+    let result: Result<file::File, _> = serde_path_to_error::deserialize(de);
+    let file = match result {
         Ok(f) => f,
         Err(e) => {
             let path = error_path(e.path());
@@ -66,7 +67,6 @@ pub(crate) fn parse(text: &str) -> Result<Config, ConfigErrors> {
             return Err(ConfigErrors(vec![ConfigError { path, message }]));
         }
     };
-    drop(on_unknown);
     for path in unknown {
         errors.push(ConfigError {
             path,

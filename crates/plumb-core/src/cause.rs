@@ -1,0 +1,184 @@
+//! The one vocabulary of failure (DESIGN.md §5). A [`Cause`] is carried to the client
+//! (an RST now, an HTTP header later), to the access log field `cause`, and to the
+//! metric label `cause`; each of those mappings lives here and nowhere else.
+
+use std::fmt;
+use std::io;
+
+/// Why a connection or request did not end normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cause {
+    /// The backend answered the SYN with an RST.
+    UpstreamConnectRefused,
+    /// The backend did not complete the handshake within `pool.timeouts.connect`.
+    UpstreamConnectTimeout,
+    /// An ICMP host or network unreachable came back, on connect or later.
+    UpstreamUnreachable,
+    /// The connect failed locally (no ephemeral port, no buffer...).
+    UpstreamConnectError,
+    /// The backend reset an established connection.
+    UpstreamReset,
+    /// The backend's kernel gave up: data or keepalive probes unacknowledged for
+    /// `TCP_USER_TIMEOUT` or the keepalive budget.
+    UpstreamTcpTimeout,
+    /// Neither side sent a byte for `pool.timeouts.tunnel_idle`, and the backend owed
+    /// the next one (the client spoke last).
+    UpstreamIdleTimeout,
+    /// Any other I/O error on the backend leg.
+    UpstreamIoError,
+    /// Every backend of the pool is down, drained or already tried.
+    NoHealthyBackend,
+    /// The listener's `max_connections` was reached; the connection was reset at once.
+    ListenerConnectionLimit,
+    /// The client reset its connection.
+    ClientReset,
+    /// The client's kernel stopped acknowledging (TCP_USER_TIMEOUT or keepalive).
+    ClientTcpTimeout,
+    /// Neither side sent a byte for `pool.timeouts.tunnel_idle`, and the client owed
+    /// the next one (the backend spoke last).
+    ClientIdleTimeout,
+    /// The client did not send what plumb must read first (the PROXY header) in time.
+    ClientHeaderTimeout,
+    /// ICMP unreachable on the client leg.
+    ClientUnreachable,
+    /// Any other I/O error on the client leg.
+    ClientIoError,
+    /// The client sent bytes plumb cannot accept (a malformed PROXY header).
+    BadRequest,
+    /// plumb is shutting down and the grace period ran out.
+    Shutdown,
+}
+
+impl Cause {
+    /// Every cause, for docs and exhaustive tests.
+    pub const ALL: [Cause; 18] = [
+        Cause::UpstreamConnectRefused,
+        Cause::UpstreamConnectTimeout,
+        Cause::UpstreamUnreachable,
+        Cause::UpstreamConnectError,
+        Cause::UpstreamReset,
+        Cause::UpstreamTcpTimeout,
+        Cause::UpstreamIdleTimeout,
+        Cause::UpstreamIoError,
+        Cause::NoHealthyBackend,
+        Cause::ListenerConnectionLimit,
+        Cause::ClientReset,
+        Cause::ClientTcpTimeout,
+        Cause::ClientIdleTimeout,
+        Cause::ClientHeaderTimeout,
+        Cause::ClientUnreachable,
+        Cause::ClientIoError,
+        Cause::BadRequest,
+        Cause::Shutdown,
+    ];
+
+    /// The name used in headers, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::UpstreamConnectRefused => "upstream_connect_refused",
+            Cause::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Cause::UpstreamUnreachable => "upstream_unreachable",
+            Cause::UpstreamConnectError => "upstream_connect_error",
+            Cause::UpstreamReset => "upstream_reset",
+            Cause::UpstreamTcpTimeout => "upstream_tcp_timeout",
+            Cause::UpstreamIdleTimeout => "upstream_idle_timeout",
+            Cause::UpstreamIoError => "upstream_io_error",
+            Cause::NoHealthyBackend => "no_healthy_backend",
+            Cause::ListenerConnectionLimit => "listener_connection_limit",
+            Cause::ClientReset => "client_reset",
+            Cause::ClientTcpTimeout => "client_tcp_timeout",
+            Cause::ClientIdleTimeout => "client_idle_timeout",
+            Cause::ClientHeaderTimeout => "client_header_timeout",
+            Cause::ClientUnreachable => "client_unreachable",
+            Cause::ClientIoError => "client_io_error",
+            Cause::BadRequest => "bad_request",
+            Cause::Shutdown => "shutdown",
+        }
+    }
+
+    /// The cause of a failed connect to a backend.
+    pub fn of_connect_error(e: &io::Error) -> Cause {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => Cause::UpstreamConnectRefused,
+            // The kernel's own SYN retries ran out before our timer did.
+            io::ErrorKind::TimedOut => Cause::UpstreamConnectTimeout,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                Cause::UpstreamUnreachable
+            }
+            _ => Cause::UpstreamConnectError,
+        }
+    }
+
+    /// The cause of an I/O error on an established leg.
+    pub fn of_io_error(e: &io::Error, side: Side) -> Cause {
+        use io::ErrorKind as K;
+        match (side, e.kind()) {
+            (Side::Client, K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted) => {
+                Cause::ClientReset
+            }
+            (Side::Upstream, K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted) => {
+                Cause::UpstreamReset
+            }
+            (Side::Client, K::TimedOut) => Cause::ClientTcpTimeout,
+            (Side::Upstream, K::TimedOut) => Cause::UpstreamTcpTimeout,
+            (Side::Client, K::HostUnreachable | K::NetworkUnreachable) => Cause::ClientUnreachable,
+            (Side::Upstream, K::HostUnreachable | K::NetworkUnreachable) => {
+                Cause::UpstreamUnreachable
+            }
+            (Side::Client, _) => Cause::ClientIoError,
+            (Side::Upstream, _) => Cause::UpstreamIoError,
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The two legs of a proxied connection: downstream (client) and upstream (backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's connection to plumb.
+    Client,
+    /// plumb's connection to the backend.
+    Upstream,
+}
+
+impl Side {
+    /// The other leg.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let names: HashSet<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), Cause::ALL.len());
+        for n in names {
+            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{n}");
+        }
+    }
+
+    #[test]
+    fn io_errors_map_to_the_side_they_happened_on() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(Cause::of_io_error(&reset, Side::Client), Cause::ClientReset);
+        assert_eq!(Cause::of_io_error(&reset, Side::Upstream), Cause::UpstreamReset);
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(Cause::of_connect_error(&refused), Cause::UpstreamConnectRefused);
+        let timeout = io::Error::from(io::ErrorKind::TimedOut);
+        assert_eq!(Cause::of_io_error(&timeout, Side::Upstream), Cause::UpstreamTcpTimeout);
+        assert_eq!(Cause::of_connect_error(&timeout), Cause::UpstreamConnectTimeout);
+    }
+}

@@ -1,0 +1,260 @@
+//! The connection table: every client connection plumb holds, which backend
+//! connection it feeds, and a way to tell it to close. Drain, deregistration,
+//! shutdown and the admin API all act on connections through this table.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cause::{Cause, Side};
+
+/// How to close both legs of a connection when told to from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseHow {
+    /// RST both legs (`SO_LINGER` 0): the client learns at once that its bytes went
+    /// nowhere.
+    Reset,
+    /// FIN both legs (`shutdown(Write)`): an orderly end of stream.
+    Fin,
+}
+
+/// An order to close a connection, with the cause it will be logged under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseOrder {
+    /// Why.
+    pub cause: Cause,
+    /// RST or FIN.
+    pub how: CloseHow,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Reading the PROXY header or connecting to a backend.
+    Connecting,
+    /// Bytes flow both ways.
+    Established,
+    /// The client sent FIN; the backend may still send.
+    ClientHalfClosed,
+    /// The backend sent FIN; the client may still send.
+    UpstreamHalfClosed,
+}
+
+impl ConnState {
+    /// The name used in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Established => "established",
+            ConnState::ClientHalfClosed => "client_half_closed",
+            ConnState::UpstreamHalfClosed => "upstream_half_closed",
+        }
+    }
+}
+
+/// One client connection, as the table sees it.
+#[derive(Debug)]
+pub struct Conn {
+    id: u64,
+    listener: Arc<str>,
+    pool: Arc<str>,
+    client: SocketAddr,
+    started: Instant,
+    backend: OnceLock<SocketAddr>,
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+    state: AtomicU8,
+    /// Milliseconds since `started` of the last byte moved, either way.
+    last_activity_ms: AtomicU64,
+    /// Which side sent the last byte: 0 nobody, 1 client, 2 upstream.
+    last_sender: AtomicU8,
+    orders: watch::Sender<Option<CloseOrder>>,
+}
+
+impl Conn {
+    /// The connection's id, unique for the life of the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The listener that accepted it.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+    /// The pool it is proxied to.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+    /// The client's address (from the PROXY header when the listener accepts one).
+    pub fn client(&self) -> SocketAddr {
+        self.client
+    }
+    /// The backend, once connected.
+    pub fn backend(&self) -> Option<SocketAddr> {
+        self.backend.get().copied()
+    }
+    /// How long ago it was accepted.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+    /// Bytes received from the client and sent to the backend.
+    pub fn bytes_from_client(&self) -> u64 {
+        self.from_client.load(Ordering::Relaxed)
+    }
+    /// Bytes received from the backend and sent to the client.
+    pub fn bytes_to_client(&self) -> u64 {
+        self.to_client.load(Ordering::Relaxed)
+    }
+    /// Where it is in its life.
+    pub fn state(&self) -> ConnState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ConnState::Established,
+            2 => ConnState::ClientHalfClosed,
+            3 => ConnState::UpstreamHalfClosed,
+            _ => ConnState::Connecting,
+        }
+    }
+    /// Tells the connection's task to close both legs.
+    pub fn close(&self, order: CloseOrder) {
+        self.orders.send_replace(Some(order));
+    }
+
+    pub(crate) fn set_state(&self, s: ConnState) {
+        let v = match s {
+            ConnState::Connecting => 0,
+            ConnState::Established => 1,
+            ConnState::ClientHalfClosed => 2,
+            ConnState::UpstreamHalfClosed => 3,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
+    pub(crate) fn set_backend(&self, addr: SocketAddr) {
+        let _ = self.backend.set(addr);
+    }
+    /// Records `n` bytes moved from `from` to the other side.
+    pub(crate) fn moved(&self, from: Side, n: usize) {
+        let counter = match from {
+            Side::Client => &self.from_client,
+            Side::Upstream => &self.to_client,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch(from);
+    }
+    /// Records activity from `from` (a read, before its bytes are written on).
+    pub(crate) fn touch(&self, from: Side) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        let who = match from {
+            Side::Client => 1,
+            Side::Upstream => 2,
+        };
+        self.last_sender.store(who, Ordering::Relaxed);
+    }
+    /// When the last byte moved (the accept time if none has).
+    pub(crate) fn last_activity(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+    /// Who sent the last byte, if anyone.
+    pub(crate) fn last_sender(&self) -> Option<Side> {
+        match self.last_sender.load(Ordering::Relaxed) {
+            1 => Some(Side::Client),
+            2 => Some(Side::Upstream),
+            _ => None,
+        }
+    }
+}
+
+/// All live connections.
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+/// A connection's place in the table; leaving the table when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    table: Arc<ConnTable>,
+    conn: Arc<Conn>,
+}
+
+impl Registration {
+    /// The entry.
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.conn.id);
+    }
+}
+
+impl ConnTable {
+    /// Adds a connection; it leaves the table when the registration is dropped. The
+    /// receiver delivers close orders.
+    pub fn register(
+        self: &Arc<Self>,
+        listener: Arc<str>,
+        pool: Arc<str>,
+        client: SocketAddr,
+    ) -> (Registration, watch::Receiver<Option<CloseOrder>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (orders, rx) = watch::channel(None);
+        let conn = Arc::new(Conn {
+            id,
+            listener,
+            pool,
+            client,
+            started: Instant::now(),
+            backend: OnceLock::new(),
+            from_client: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            state: AtomicU8::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            last_sender: AtomicU8::new(0),
+            orders,
+        });
+        self.lock().insert(id, Arc::clone(&conn));
+        let reg = Registration {
+            table: Arc::clone(self),
+            conn,
+        };
+        (reg, rx)
+    }
+
+    /// A copy of the current entries, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<Conn>> {
+        let mut v: Vec<Arc<Conn>> = self.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Orders every connection to close.
+    pub fn close_all(&self, order: CloseOrder) -> usize {
+        let conns = self.snapshot();
+        for c in &conns {
+            c.close(order);
+        }
+        conns.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,239 @@
+//! The TCP (L4) proxy: one task per client connection.
+//!
+//! The task reads the PROXY header if the listener expects one, connects to a backend
+//! (trying the next one on refusal or timeout, each backend at most once, up to the
+//! pool's `connect_attempts`), then runs the [`tunnel`] until one side ends it, and
+//! finally closes both legs the way the ending calls for and writes the access log.
+//!
+//! While it connects it does not read from the client: bytes the client sends early
+//! wait in the kernel's receive buffer and are delivered once a backend is connected,
+//! so a failed attempt loses none of them.
+
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::accesslog::{Attempt, End, Record};
+use crate::cause::{Cause, Side};
+use crate::conntable::{CloseHow, CloseOrder, ConnState};
+use crate::listener::ListenerCtx;
+use crate::pool::ActiveGuard;
+use crate::proxy_protocol::{self, ProxyHeaderError};
+use crate::sockopt;
+use crate::upstream;
+
+pub use tunnel::Outcome;
+
+/// Serves one accepted client connection to its end.
+pub(crate) async fn serve(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let started = Instant::now();
+    let span = tracing::debug_span!("conn", listener = %ctx.name, client.addr = %peer, pool = %ctx.pool.name());
+    async move {
+        sockopt::apply_established(&client, &ctx.settings.tcp);
+        let (reg, mut orders) = ctx.shared.conns.register(Arc::clone(&ctx.name), Arc::clone(ctx.pool.name()), peer);
+        let mut record = Finish { client_addr: peer, backend: None, attempts: 0, failed: Vec::new(), end: End::ClientClosed, error: None };
+
+        // 1. The PROXY header, if the front sends one.
+        let mut destination = local;
+        if ctx.settings.accept_proxy {
+            match tokio::time::timeout(ctx.settings.header_read, proxy_protocol::read_header(&mut client)).await {
+                Ok(Ok(h)) => {
+                    if let Some(src) = h.source {
+                        record.client_addr = src;
+                        tracing::Span::current().record("client.addr", tracing::field::display(src));
+                    }
+                    if let Some(dst) = h.destination {
+                        destination = dst;
+                    }
+                }
+                Ok(Err(e)) => {
+                    let cause = match &e {
+                        ProxyHeaderError::Io(io) => Cause::of_io_error(io, Side::Client),
+                        ProxyHeaderError::Malformed(_) => Cause::BadRequest,
+                    };
+                    sockopt::arm_reset(&client);
+                    record.end = End::Failed(cause);
+                    record.error = Some(e.to_string());
+                    return finish(&ctx, &reg, record, started);
+                }
+                Err(_) => {
+                    sockopt::arm_reset(&client);
+                    record.end = End::Failed(Cause::ClientHeaderTimeout);
+                    return finish(&ctx, &reg, record, started);
+                }
+            }
+        }
+
+        // 2. A backend.
+        let upstream = match connect_with_retries(&ctx, &mut record, &mut orders).await {
+            Some(u) => u,
+            None => {
+                sockopt::arm_reset(&client);
+                return finish(&ctx, &reg, record, started);
+            }
+        };
+        let (mut upstream, _active) = upstream;
+        let conn = reg.conn();
+        conn.set_backend(record.backend.unwrap_or(peer));
+        tracing::Span::current().record("backend.addr", tracing::field::display(upstream.peer_addr().map(|a| a.to_string()).unwrap_or_default()));
+        if let Some(version) = ctx.pool.settings().send_proxy {
+            let header = proxy_protocol::build_header(version, record.client_addr, destination);
+            let write = tokio::time::timeout(ctx.pool.settings().timeouts.connect, upstream.write_all(&header)).await;
+            let err = match write {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some((Cause::of_io_error(&e, Side::Upstream), e.to_string())),
+                Err(_) => Some((Cause::UpstreamTcpTimeout, "PROXY header not written in time".to_string())),
+            };
+            if let Some((cause, e)) = err {
+                sockopt::arm_reset(&client);
+                sockopt::arm_reset(&upstream);
+                record.end = End::Failed(cause);
+                record.error = Some(e);
+                return finish(&ctx, &reg, record, started);
+            }
+        }
+        conn.set_state(ConnState::Established);
+
+        // 3. Bytes both ways until one side ends it.
+        let outcome = tunnel::run(&client, &upstream, conn, ctx.pool.settings().timeouts.tunnel_idle, &mut orders).await;
+        match outcome {
+            Outcome::Closed { first } => {
+                record.end = match first {
+                    Side::Client => End::ClientClosed,
+                    Side::Upstream => End::UpstreamClosed,
+                };
+            }
+            Outcome::Broken { cause, error, .. } => {
+                // Whoever broke, the other leg gets an RST: it must not believe its
+                // bytes are still going somewhere.
+                sockopt::arm_reset(&client);
+                sockopt::arm_reset(&upstream);
+                record.end = End::Failed(cause);
+                record.error = Some(error.to_string());
+            }
+            Outcome::Idle { cause } => {
+                sockopt::send_fin(&client);
+                sockopt::send_fin(&upstream);
+                record.end = End::Failed(cause);
+            }
+            Outcome::Ordered(order) => {
+                match order.how {
+                    CloseHow::Reset => {
+                        sockopt::arm_reset(&client);
+                        sockopt::arm_reset(&upstream);
+                    }
+                    CloseHow::Fin => {
+                        sockopt::send_fin(&client);
+                        sockopt::send_fin(&upstream);
+                    }
+                }
+                record.end = End::Failed(order.cause);
+            }
+        }
+        drop(upstream);
+        drop(client);
+        finish(&ctx, &reg, record, started);
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the access log needs beyond the connection table's counters.
+struct Finish {
+    client_addr: SocketAddr,
+    backend: Option<SocketAddr>,
+    attempts: u32,
+    failed: Vec<Attempt>,
+    end: End,
+    error: Option<String>,
+}
+
+/// Tries backends until one connects. `None`: the client must be reset; `record.end`
+/// says why.
+async fn connect_with_retries(
+    ctx: &ListenerCtx,
+    record: &mut Finish,
+    orders: &mut watch::Receiver<Option<CloseOrder>>,
+) -> Option<(TcpStream, ActiveGuard)> {
+    let pool = &ctx.pool;
+    let settings = pool.settings();
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_cause = Cause::NoHealthyBackend;
+    while tried.len() < settings.connect_attempts {
+        let Some(guard) = pool.pick(&tried) else { break };
+        let addr = guard.backend().addr();
+        tried.push(addr);
+        record.attempts += 1;
+        let t0 = Instant::now();
+        let attempt = upstream::connect(addr, &settings.tcp, settings.timeouts.connect);
+        let result = tokio::select! {
+            r = attempt => r,
+            order = wait_order(orders) => {
+                record.end = End::Failed(order.cause);
+                return None;
+            }
+        };
+        match result {
+            Ok(stream) => {
+                record.backend = Some(addr);
+                return Some((stream, guard));
+            }
+            Err(e) => {
+                tracing::debug!(backend.addr = %addr, cause = %e.cause, error = %e.source, "connect attempt failed");
+                last_cause = e.cause;
+                record.failed.push(Attempt { backend: addr, cause: e.cause, elapsed: t0.elapsed() });
+                record.error = Some(e.source.to_string());
+            }
+        }
+    }
+    record.end = End::Failed(last_cause);
+    None
+}
+
+/// Resolves when a close order arrives (never, if the sender is gone).
+async fn wait_order(orders: &mut watch::Receiver<Option<CloseOrder>>) -> CloseOrder {
+    loop {
+        if let Some(order) = *orders.borrow_and_update() {
+            return order;
+        }
+        if orders.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, started: Instant) {
+    let conn = reg.conn();
+    let duration = started.elapsed();
+    match f.end.cause() {
+        Some(cause) => tracing::info!(
+            cause = %cause,
+            backend.addr = f.backend.map(|b| b.to_string()),
+            attempts = f.attempts,
+            error = f.error.as_deref(),
+            "connection failed"
+        ),
+        None => tracing::debug!(end = f.end.as_str(), "connection closed"),
+    }
+    ctx.stats.ended(f.end);
+    ctx.shared.access_log.write(&Record {
+        listener: &ctx.name,
+        pool: ctx.pool.name(),
+        client: f.client_addr,
+        backend: f.backend,
+        attempts: f.attempts,
+        failed_attempts: &f.failed,
+        bytes_from_client: conn.bytes_from_client(),
+        bytes_to_client: conn.bytes_to_client(),
+        duration,
+        end: f.end,
+        error: f.error,
+    });
+}

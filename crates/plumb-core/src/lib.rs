@@ -1,0 +1,24 @@
+//! plumb's data plane: listeners, pools and balancing, the TCP proxy, and the
+//! connection table that maps every client connection to its backend connection.
+//!
+//! What it deliberately does not do: parse config files (plumb-config), make socket
+//! system calls of its own (plumb-sys), serve the admin API (plumb-admin), or read the
+//! wall clock for timers (tokio's clock only, so paused-time tests work).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod accesslog;
+pub mod cause;
+pub mod conntable;
+pub mod l4;
+pub mod listener;
+pub mod pool;
+pub mod proxy_protocol;
+pub mod server;
+mod sockopt;
+pub mod upstream;
+
+pub use accesslog::{AccessLog, End};
+pub use cause::{Cause, Side};
+pub use listener::{bind, bind_all, BoundListener};
+pub use server::Server;

@@ -1,0 +1,208 @@
+//! Listening sockets and the accept loop.
+//!
+//! The accept loop never waits on anything but `accept`: a connection over the
+//! listener's `max_connections` is accepted and reset at once (never left in the
+//! kernel's queue, where the client would only see a silent SYN timeout), and accept
+//! errors such as `EMFILE` back off and retry instead of ending the loop.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use plumb_config::model;
+
+use crate::accesslog::{End, Record};
+use crate::cause::Cause;
+use crate::pool::Pool;
+use crate::server::Shared;
+use crate::sockopt;
+
+/// A listener's sockets, bound and listening, not yet accepting.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// The listener's name in the config.
+    pub name: String,
+    /// One socket per configured address.
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
+impl BoundListener {
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {listener:?}: cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// Listener name.
+    pub listener: String,
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds every listener of a config. Nothing is accepted until the server runs.
+pub fn bind_all(config: &model::Config) -> Result<Vec<BoundListener>, BindError> {
+    config.listeners.iter().map(bind).collect()
+}
+
+/// Binds one listener's addresses with its backlog and MSS clamp.
+pub fn bind(l: &model::Listener) -> Result<BoundListener, BindError> {
+    let sockets = l
+        .listen
+        .iter()
+        .map(|addr| {
+            bind_one(*addr, l.backlog, &l.tcp).map_err(|source| BindError {
+                listener: l.name.clone(),
+                addr: *addr,
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(BoundListener {
+        name: l.name.clone(),
+        sockets,
+    })
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32, tcp: &model::TcpOptions) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]:80` and `0.0.0.0:80` are separate listeners in plumb's config.
+        socket.set_only_v6(true)?;
+    }
+    // The MSS clamp on a listening socket sets the MSS advertised in every SYN-ACK.
+    sockopt::apply_before_handshake(&socket, tcp)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Counters of one listener, read by the admin API and metrics.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    ends: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl ListenerStats {
+    /// Connections accepted (including those reset at the limit).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    /// Connections reset at once because of `max_connections`.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    /// Connections ended, by `end` (`client_closed`, `upstream_closed` or a cause).
+    pub fn ends(&self) -> BTreeMap<&'static str, u64> {
+        self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub(crate) fn ended(&self, end: End) {
+        *self.ends.lock().unwrap_or_else(|p| p.into_inner()).entry(end.as_str()).or_default() += 1;
+    }
+}
+
+/// Everything a connection task needs from its listener.
+#[derive(Debug)]
+pub(crate) struct ListenerCtx {
+    pub(crate) name: Arc<str>,
+    pub(crate) settings: model::Listener,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<ListenerStats>,
+    pub(crate) limit: Option<Arc<Semaphore>>,
+}
+
+/// Accepts until `stop` is cancelled.
+pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, listener: TcpListener, stop: CancellationToken) {
+    let local = listener.local_addr().ok();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. The queue keeps
+                // its connections; try again shortly, and say so.
+                tracing::warn!(listener = %ctx.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let permit = match &ctx.limit {
+            None => None,
+            Some(sem) => match Arc::clone(sem).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    refuse(&ctx, stream, peer);
+                    continue;
+                }
+            },
+        };
+        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let task_ctx = Arc::clone(&ctx);
+        ctx.shared.tasks.spawn(async move {
+            crate::l4::serve(task_ctx, stream, peer, local).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!(listener = %ctx.name, "accept loop stopped");
+}
+
+/// Errors that concern only the connection being accepted (it died in the queue).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    )
+}
+
+fn refuse(ctx: &ListenerCtx, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    sockopt::arm_reset(&stream);
+    drop(stream);
+    ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+    let end = End::Failed(Cause::ListenerConnectionLimit);
+    ctx.stats.ended(end);
+    tracing::warn!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ListenerConnectionLimit, "connection refused");
+    ctx.shared.access_log.write(&Record {
+        listener: &ctx.name,
+        pool: ctx.pool.name(),
+        client: peer,
+        backend: None,
+        attempts: 0,
+        failed_attempts: &[],
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+        duration: Duration::ZERO,
+        end,
+        error: None,
+    });
+}

@@ -1,0 +1,108 @@
+//! Command-line parsing and the wiring shared by commands.
+
+mod check;
+mod demo;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// plumb: a TCP load balancer that never silently black-holes a connection.
+#[derive(Debug, Parser)]
+#[command(name = "plumb", version, about, long_about = None)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the load balancer.
+    #[command(after_help = "Examples:\n  plumb serve -c examples/tcp.toml\n  RUST_LOG=debug plumb serve -c plumb.toml\n\nSIGTERM or Ctrl-C: stop accepting, let open connections finish for\nruntime.shutdown_grace (default 30s), then close them and exit 0.")]
+    Serve {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every error with its field path; exit 1 if any.
+    #[command(after_help = "Examples:\n  plumb check -c examples/tcp.toml\n  plumb check -c plumb.toml --format json")]
+    Check {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Output format: text, or json (one object per error).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Three local HTTP origins with plumb in front; no file, no setup. Ctrl-C stops it.
+    #[command(after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)")]
+    Demo {
+        /// Where plumb listens for clients.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Balancing algorithm: round_robin, least_conn or random_two.
+        #[arg(long, default_value = "round_robin")]
+        balance: String,
+    },
+}
+
+/// Output formats of data-producing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Diagnostic logs go to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Runs the chosen command.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Serve { config } => serve::run(&config),
+        Command::Check { config, format } => Ok(check::run(&config, format)),
+        Command::Demo { listen, balance } => demo::run(listen, &balance),
+    }
+}
+
+/// A multi-threaded runtime with `workers` threads (default: one per core).
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    Ok(b.build()?)
+}
+
+/// Resolves on SIGTERM or SIGINT. SIGHUP is caught and logged, so that it cannot kill
+/// the process (live reload comes with the admin API).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let hup = signal(SignalKind::hangup());
+    let (Ok(mut term), Ok(mut hup)) = (term, hup) else {
+        tracing::warn!("cannot install signal handlers; only Ctrl-C will stop plumb");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "signal received"); return; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!(signal = "SIGINT", "signal received"); return; }
+            _ = hup.recv() => tracing::warn!(signal = "SIGHUP", "config reload is not supported yet; restart plumb to apply changes"),
+        }
+    }
+}

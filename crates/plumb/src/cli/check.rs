@@ -1,0 +1,43 @@
+//! `plumb check`: load and validate a config through the same path as `serve`, and
+//! print every error with its field path.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::Format;
+
+pub fn run(path: &Path, format: Format) -> ExitCode {
+    match plumb_config::load(path) {
+        Ok(config) => {
+            match format {
+                Format::Text => println!(
+                    "{}: ok ({} listener(s), {} pool(s), {} backend(s))",
+                    path.display(),
+                    config.listeners.len(),
+                    config.pools.len(),
+                    config.pools.iter().map(|p| p.backends.len()).sum::<usize>()
+                ),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({ "file": path.display().to_string(), "ok": true })
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                match format {
+                    Format::Text => println!("{e}"),
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::json!({ "file": path.display().to_string(), "path": e.path, "error": e.message })
+                    ),
+                }
+            }
+            if format == Format::Text {
+                eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
