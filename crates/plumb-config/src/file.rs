@@ -2,7 +2,10 @@
 //! [`crate::validate`] can report each bad value with its path, instead of serde
 //! stopping at the first wrong type. Unknown keys are collected with `serde_ignored`
 //! (all of them, with paths) rather than `deny_unknown_fields` (first one only).
-#![allow(missing_docs, reason = "each field is documented in docs/config.md and on the model")]
+#![allow(
+    missing_docs,
+    reason = "each field is documented in docs/config.md and on the model"
+)]
 
 use serde::Deserialize;
 use toml::Value;

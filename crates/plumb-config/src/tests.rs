@@ -47,7 +47,12 @@ fn minimal_config_gets_safe_defaults() {
 #[test]
 fn bad_duration_names_its_path() {
     let text = format!("{MINIMAL}\n[pool.timeouts]\nconnect = \"3x\"\n");
-    check(&text, &[r#"pool[0].timeouts.connect: "3x" is not a duration (such as "250ms", "5s", "2m", "1h")"#]);
+    check(
+        &text,
+        &[
+            r#"pool[0].timeouts.connect: "3x" is not a duration (such as "250ms", "5s", "2m", "1h")"#,
+        ],
+    );
 }
 
 #[test]
@@ -92,7 +97,13 @@ tunnel_idle = 5
 #[test]
 fn unknown_keys_anywhere_are_reported() {
     let text = format!("{MINIMAL}\n[runtime]\nthreads = 2\n[pool.tcp]\nkeepalive = true\n");
-    check(&text, &["pool[0].tcp.keepalive: unknown key", "runtime.threads: unknown key"]);
+    check(
+        &text,
+        &[
+            "pool[0].tcp.keepalive: unknown key",
+            "runtime.threads: unknown key",
+        ],
+    );
 }
 
 #[test]
@@ -125,7 +136,10 @@ fn listener_needs_pool_and_addresses() {
 #[test]
 fn features_of_later_versions_are_refused_not_ignored() {
     let text = format!("{MINIMAL}\n[pool.health]\nkind = \"tcp\"\n");
-    check(&text, &["pool[0].health: not supported yet by this version of plumb"]);
+    check(
+        &text,
+        &["pool[0].health: not supported yet by this version of plumb"],
+    );
 }
 
 #[test]
@@ -199,15 +213,40 @@ mod props {
 
     fn line() -> impl Strategy<Value = String> {
         let header = prop::sample::select(vec![
-            "[[listener]]", "[[pool]]", "[runtime]", "[admin]", "[pool.timeouts]",
-            "[pool.tcp]", "[listener.tcp]", "[listener.timeouts]", "[[pool.backends]]",
+            "[[listener]]",
+            "[[pool]]",
+            "[runtime]",
+            "[admin]",
+            "[pool.timeouts]",
+            "[pool.tcp]",
+            "[listener.tcp]",
+            "[listener.timeouts]",
+            "[[pool.backends]]",
         ])
         .prop_map(str::to_string);
         let key = prop::sample::select(vec![
-            "name", "listen", "pool", "backends", "balance", "connect", "tunnel_idle",
-            "weight", "address", "mss", "backlog", "max_connections", "workers",
-            "keepalive_idle", "user_timeout", "send_proxy", "accept_proxy", "health",
-            "access_log", "connect_attempts", "keepalive_count", "x",
+            "name",
+            "listen",
+            "pool",
+            "backends",
+            "balance",
+            "connect",
+            "tunnel_idle",
+            "weight",
+            "address",
+            "mss",
+            "backlog",
+            "max_connections",
+            "workers",
+            "keepalive_idle",
+            "user_timeout",
+            "send_proxy",
+            "accept_proxy",
+            "health",
+            "access_log",
+            "connect_attempts",
+            "keepalive_count",
+            "x",
         ]);
         let value = prop_oneof![
             any::<i64>().prop_map(|n| n.to_string()),

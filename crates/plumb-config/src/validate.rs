@@ -274,7 +274,10 @@ impl Validator {
         let name = self.name(l.name.as_ref(), &format!("{path}.name"));
         let listen = match &l.listen {
             None => {
-                self.err(&format!("{path}.listen"), "missing (an address such as \"127.0.0.1:8080\")");
+                self.err(
+                    &format!("{path}.listen"),
+                    "missing (an address such as \"127.0.0.1:8080\")",
+                );
                 Vec::new()
             }
             Some(Value::Array(items)) => {
@@ -287,7 +290,10 @@ impl Validator {
                     .filter_map(|(i, v)| self.addr(v, &format!("{path}.listen[{i}]")))
                     .collect()
             }
-            Some(v) => self.addr(v, &format!("{path}.listen")).into_iter().collect(),
+            Some(v) => self
+                .addr(v, &format!("{path}.listen"))
+                .into_iter()
+                .collect(),
         };
         let protocol = match &l.protocol {
             None => Protocol::Tcp,
@@ -320,7 +326,10 @@ impl Validator {
             .and_then(|v| self.int(v, &format!("{path}.max_connections"), 1, 10_000_000))
             .map(|n| n as usize);
         let pool = match &l.pool {
-            Some(v) => self.string(v, &format!("{path}.pool")).unwrap_or("").to_string(),
+            Some(v) => self
+                .string(v, &format!("{path}.pool"))
+                .unwrap_or("")
+                .to_string(),
             None => {
                 self.err(&format!("{path}.pool"), "missing (the name of a [[pool]])");
                 String::new()
@@ -339,7 +348,10 @@ impl Validator {
                 &format!("{path}.timeouts.header_read"),
                 DEFAULT_HEADER_READ,
             );
-            self.unsupported(t.keepalive_idle.as_ref(), &format!("{path}.timeouts.keepalive_idle"));
+            self.unsupported(
+                t.keepalive_idle.as_ref(),
+                &format!("{path}.timeouts.keepalive_idle"),
+            );
         }
         self.unsupported(l.tls.as_ref(), &format!("{path}.tls"));
         self.unsupported(l.route.as_ref(), &format!("{path}.route"));
@@ -400,24 +412,29 @@ impl Validator {
                 &format!("{path}.timeouts.tunnel_idle"),
                 DEFAULT_TUNNEL_IDLE,
             );
-            self.unsupported(t.response_header.as_ref(), &format!("{path}.timeouts.response_header"));
+            self.unsupported(
+                t.response_header.as_ref(),
+                &format!("{path}.timeouts.response_header"),
+            );
             self.unsupported(t.idle.as_ref(), &format!("{path}.timeouts.idle"));
         }
         let tcp = self.tcp(p.tcp.as_ref(), &format!("{path}.tcp"));
         let send_proxy = match &p.send_proxy {
             None => None,
-            Some(v) => match self.string(v, &format!("{path}.send_proxy")) {
-                Some("v1") => Some(ProxyVersion::V1),
-                Some("v2") => Some(ProxyVersion::V2),
-                Some(other) => {
-                    self.err(
+            Some(v) => {
+                match self.string(v, &format!("{path}.send_proxy")) {
+                    Some("v1") => Some(ProxyVersion::V1),
+                    Some("v2") => Some(ProxyVersion::V2),
+                    Some(other) => {
+                        self.err(
                         &format!("{path}.send_proxy"),
                         format!("{other:?} is not a PROXY protocol version (expected \"v1\" or \"v2\")"),
                     );
-                    None
+                        None
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
         };
         for (key, v) in [
             ("health", &p.health),
@@ -447,7 +464,10 @@ impl Validator {
             }
             Some(Value::Array(items)) => items,
             Some(other) => {
-                self.err(path, format!("expected a list of addresses, found {}", show(other)));
+                self.err(
+                    path,
+                    format!("expected a list of addresses, found {}", show(other)),
+                );
                 return Vec::new();
             }
         };
@@ -458,7 +478,9 @@ impl Validator {
         for (i, item) in items.iter().enumerate() {
             let ipath = format!("{path}[{i}]");
             let spec = match item {
-                Value::String(_) => self.addr(item, &ipath).map(|addr| BackendSpec { addr, weight: 1 }),
+                Value::String(_) => self
+                    .addr(item, &ipath)
+                    .map(|addr| BackendSpec { addr, weight: 1 }),
                 Value::Table(t) => {
                     for key in t.keys() {
                         if key != "address" && key != "weight" {
@@ -473,7 +495,9 @@ impl Validator {
                         }
                     };
                     let weight = match t.get("weight") {
-                        Some(w) => self.int(w, &format!("{ipath}.weight"), 1, 1000).map(|w| w as u32),
+                        Some(w) => self
+                            .int(w, &format!("{ipath}.weight"), 1, 1000)
+                            .map(|w| w as u32),
                         None => Some(1),
                     };
                     match (addr, weight) {
@@ -511,7 +535,11 @@ impl Validator {
             interval: Duration::from_secs(10),
             count: 6,
         });
-        let idle = self.duration_or(t.keepalive_idle.as_ref(), &format!("{path}.keepalive_idle"), ka.idle);
+        let idle = self.duration_or(
+            t.keepalive_idle.as_ref(),
+            &format!("{path}.keepalive_idle"),
+            ka.idle,
+        );
         let interval = self.positive_duration_or(
             t.keepalive_interval.as_ref(),
             &format!("{path}.keepalive_interval"),
@@ -524,12 +552,22 @@ impl Validator {
             .map_or(ka.count, |n| n as u32);
         for (key, d) in [("keepalive_idle", idle), ("keepalive_interval", interval)] {
             if d > Duration::from_secs(32767) {
-                self.err(&format!("{path}.{key}"), "must be at most 32767s (the kernel's limit)");
+                self.err(
+                    &format!("{path}.{key}"),
+                    "must be at most 32767s (the kernel's limit)",
+                );
             } else if !d.is_zero() && d < Duration::from_secs(1) {
-                self.err(&format!("{path}.{key}"), "must be at least 1s (the kernel counts in seconds)");
+                self.err(
+                    &format!("{path}.{key}"),
+                    "must be at least 1s (the kernel counts in seconds)",
+                );
             }
         }
-        out.keepalive = (!idle.is_zero()).then_some(TcpKeepalive { idle, interval, count });
+        out.keepalive = (!idle.is_zero()).then_some(TcpKeepalive {
+            idle,
+            interval,
+            count,
+        });
         let user_timeout = self.duration_or(
             t.user_timeout.as_ref(),
             &format!("{path}.user_timeout"),
@@ -558,7 +596,8 @@ impl Validator {
         };
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !ok {
             self.err(
                 path,
@@ -589,7 +628,10 @@ impl Validator {
             None => false,
             Some(Value::Boolean(b)) => *b,
             Some(other) => {
-                self.err(path, format!("expected true or false, found {}", show(other)));
+                self.err(
+                    path,
+                    format!("expected true or false, found {}", show(other)),
+                );
                 false
             }
         }
@@ -636,14 +678,22 @@ impl Validator {
             None => {
                 self.err(
                     path,
-                    format!("{} is not a duration (such as \"250ms\", \"5s\", \"2m\", \"1h\")", show(v)),
+                    format!(
+                        "{} is not a duration (such as \"250ms\", \"5s\", \"2m\", \"1h\")",
+                        show(v)
+                    ),
                 );
                 default
             }
         }
     }
 
-    fn positive_duration_or(&mut self, v: Option<&Value>, path: &str, default: Duration) -> Duration {
+    fn positive_duration_or(
+        &mut self,
+        v: Option<&Value>,
+        path: &str,
+        default: Duration,
+    ) -> Duration {
         let d = self.duration_or(v, path, default);
         if d.is_zero() {
             self.err(path, "must be greater than zero: every wait needs a timer");

@@ -166,7 +166,10 @@ mod tests {
         let names: HashSet<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), Cause::ALL.len());
         for n in names {
-            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{n}");
+            assert!(
+                n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{n}"
+            );
         }
     }
 
@@ -174,11 +177,23 @@ mod tests {
     fn io_errors_map_to_the_side_they_happened_on() {
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
         assert_eq!(Cause::of_io_error(&reset, Side::Client), Cause::ClientReset);
-        assert_eq!(Cause::of_io_error(&reset, Side::Upstream), Cause::UpstreamReset);
+        assert_eq!(
+            Cause::of_io_error(&reset, Side::Upstream),
+            Cause::UpstreamReset
+        );
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(Cause::of_connect_error(&refused), Cause::UpstreamConnectRefused);
+        assert_eq!(
+            Cause::of_connect_error(&refused),
+            Cause::UpstreamConnectRefused
+        );
         let timeout = io::Error::from(io::ErrorKind::TimedOut);
-        assert_eq!(Cause::of_io_error(&timeout, Side::Upstream), Cause::UpstreamTcpTimeout);
-        assert_eq!(Cause::of_connect_error(&timeout), Cause::UpstreamConnectTimeout);
+        assert_eq!(
+            Cause::of_io_error(&timeout, Side::Upstream),
+            Cause::UpstreamTcpTimeout
+        );
+        assert_eq!(
+            Cause::of_connect_error(&timeout),
+            Cause::UpstreamConnectTimeout
+        );
     }
 }

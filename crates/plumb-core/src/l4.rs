@@ -32,22 +32,43 @@ use crate::upstream;
 pub use tunnel::Outcome;
 
 /// Serves one accepted client connection to its end.
-pub(crate) async fn serve(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer: SocketAddr, local: SocketAddr) {
+pub(crate) async fn serve(
+    ctx: Arc<ListenerCtx>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
     let started = Instant::now();
     let span = tracing::debug_span!("conn", listener = %ctx.name, client.addr = %peer, pool = %ctx.pool.name());
     async move {
         sockopt::apply_established(&client, &ctx.settings.tcp);
-        let (reg, mut orders) = ctx.shared.conns.register(Arc::clone(&ctx.name), Arc::clone(ctx.pool.name()), peer);
-        let mut record = Finish { client_addr: peer, backend: None, attempts: 0, failed: Vec::new(), end: End::ClientClosed, error: None };
+        let (reg, mut orders) =
+            ctx.shared
+                .conns
+                .register(Arc::clone(&ctx.name), Arc::clone(ctx.pool.name()), peer);
+        let mut record = Finish {
+            client_addr: peer,
+            backend: None,
+            attempts: 0,
+            failed: Vec::new(),
+            end: End::ClientClosed,
+            error: None,
+        };
 
         // 1. The PROXY header, if the front sends one.
         let mut destination = local;
         if ctx.settings.accept_proxy {
-            match tokio::time::timeout(ctx.settings.header_read, proxy_protocol::read_header(&mut client)).await {
+            match tokio::time::timeout(
+                ctx.settings.header_read,
+                proxy_protocol::read_header(&mut client),
+            )
+            .await
+            {
                 Ok(Ok(h)) => {
                     if let Some(src) = h.source {
                         record.client_addr = src;
-                        tracing::Span::current().record("client.addr", tracing::field::display(src));
+                        tracing::Span::current()
+                            .record("client.addr", tracing::field::display(src));
                     }
                     if let Some(dst) = h.destination {
                         destination = dst;
@@ -82,14 +103,29 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer: So
         let (mut upstream, _active) = upstream;
         let conn = reg.conn();
         conn.set_backend(record.backend.unwrap_or(peer));
-        tracing::Span::current().record("backend.addr", tracing::field::display(upstream.peer_addr().map(|a| a.to_string()).unwrap_or_default()));
+        tracing::Span::current().record(
+            "backend.addr",
+            tracing::field::display(
+                upstream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            ),
+        );
         if let Some(version) = ctx.pool.settings().send_proxy {
             let header = proxy_protocol::build_header(version, record.client_addr, destination);
-            let write = tokio::time::timeout(ctx.pool.settings().timeouts.connect, upstream.write_all(&header)).await;
+            let write = tokio::time::timeout(
+                ctx.pool.settings().timeouts.connect,
+                upstream.write_all(&header),
+            )
+            .await;
             let err = match write {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some((Cause::of_io_error(&e, Side::Upstream), e.to_string())),
-                Err(_) => Some((Cause::UpstreamTcpTimeout, "PROXY header not written in time".to_string())),
+                Err(_) => Some((
+                    Cause::UpstreamTcpTimeout,
+                    "PROXY header not written in time".to_string(),
+                )),
             };
             if let Some((cause, e)) = err {
                 sockopt::arm_reset(&client);
@@ -102,7 +138,14 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer: So
         conn.set_state(ConnState::Established);
 
         // 3. Bytes both ways until one side ends it.
-        let outcome = tunnel::run(&client, &upstream, conn, ctx.pool.settings().timeouts.tunnel_idle, &mut orders).await;
+        let outcome = tunnel::run(
+            &client,
+            &upstream,
+            conn,
+            ctx.pool.settings().timeouts.tunnel_idle,
+            &mut orders,
+        )
+        .await;
         match outcome {
             Outcome::Closed { first } => {
                 record.end = match first {
@@ -167,7 +210,9 @@ async fn connect_with_retries(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_cause = Cause::NoHealthyBackend;
     while tried.len() < settings.connect_attempts {
-        let Some(guard) = pool.pick(&tried) else { break };
+        let Some(guard) = pool.pick(&tried) else {
+            break;
+        };
         let addr = guard.backend().addr();
         tried.push(addr);
         record.attempts += 1;
@@ -188,7 +233,11 @@ async fn connect_with_retries(
             Err(e) => {
                 tracing::debug!(backend.addr = %addr, cause = %e.cause, error = %e.source, "connect attempt failed");
                 last_cause = e.cause;
-                record.failed.push(Attempt { backend: addr, cause: e.cause, elapsed: t0.elapsed() });
+                record.failed.push(Attempt {
+                    backend: addr,
+                    cause: e.cause,
+                    elapsed: t0.elapsed(),
+                });
                 record.error = Some(e.source.to_string());
             }
         }

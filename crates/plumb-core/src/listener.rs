@@ -37,7 +37,10 @@ pub struct BoundListener {
 impl BoundListener {
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
     }
 }
 
@@ -78,7 +81,11 @@ pub fn bind(l: &model::Listener) -> Result<BoundListener, BindError> {
     })
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32, tcp: &model::TcpOptions) -> io::Result<std::net::TcpListener> {
+fn bind_one(
+    addr: SocketAddr,
+    backlog: u32,
+    tcp: &model::TcpOptions,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -115,7 +122,12 @@ impl ListenerStats {
         self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     pub(crate) fn ended(&self, end: End) {
-        *self.ends.lock().unwrap_or_else(|p| p.into_inner()).entry(end.as_str()).or_default() += 1;
+        *self
+            .ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(end.as_str())
+            .or_default() += 1;
     }
 }
 
@@ -131,7 +143,11 @@ pub(crate) struct ListenerCtx {
 }
 
 /// Accepts until `stop` is cancelled.
-pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, listener: TcpListener, stop: CancellationToken) {
+pub(crate) async fn accept_loop(
+    ctx: Arc<ListenerCtx>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     let local = listener.local_addr().ok();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -181,7 +197,9 @@ pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, listener: TcpListener, st
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     )
 }
 

@@ -51,48 +51,74 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<ProxyHeader,
         buf.extend_from_slice(&rest);
         let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
         if 16 + len > V2_MAX {
-            return Err(ProxyHeaderError::Malformed(format!("v2 header of {len} bytes is too long")));
+            return Err(ProxyHeaderError::Malformed(format!(
+                "v2 header of {len} bytes is too long"
+            )));
         }
         let start = buf.len();
         buf.resize(start + len, 0);
         r.read_exact(&mut buf[start..]).await?;
-        let h = v2::Header::try_from(&buf[..]).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
+        let h = v2::Header::try_from(&buf[..])
+            .map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
         return Ok(match (h.command, h.addresses) {
             (v2::Command::Proxy, v2::Addresses::IPv4(a)) => ProxyHeader {
                 source: Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-                destination: Some(SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port)),
+                destination: Some(SocketAddr::new(
+                    IpAddr::V4(a.destination_address),
+                    a.destination_port,
+                )),
             },
             (v2::Command::Proxy, v2::Addresses::IPv6(a)) => ProxyHeader {
                 source: Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
-                destination: Some(SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port)),
+                destination: Some(SocketAddr::new(
+                    IpAddr::V6(a.destination_address),
+                    a.destination_port,
+                )),
             },
-            _ => ProxyHeader { source: None, destination: None },
+            _ => ProxyHeader {
+                source: None,
+                destination: None,
+            },
         });
     }
     if !buf.starts_with(b"PROXY ") {
-        return Err(ProxyHeaderError::Malformed("no PROXY protocol signature".to_string()));
+        return Err(ProxyHeaderError::Malformed(
+            "no PROXY protocol signature".to_string(),
+        ));
     }
     // v1: read up to CRLF, one byte at a time so nothing after the header is consumed.
     while !buf.ends_with(b"\r\n") {
         if buf.len() >= V1_MAX {
-            return Err(ProxyHeaderError::Malformed("v1 header longer than 107 bytes".to_string()));
+            return Err(ProxyHeaderError::Malformed(
+                "v1 header longer than 107 bytes".to_string(),
+            ));
         }
         let mut b = [0u8; 1];
         r.read_exact(&mut b).await?;
         buf.push(b[0]);
     }
-    let text = std::str::from_utf8(&buf).map_err(|_| ProxyHeaderError::Malformed("v1 header is not ASCII".to_string()))?;
+    let text = std::str::from_utf8(&buf)
+        .map_err(|_| ProxyHeaderError::Malformed("v1 header is not ASCII".to_string()))?;
     let h = v1::Header::try_from(text).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
     Ok(match h.addresses {
         v1::Addresses::Tcp4(a) => ProxyHeader {
             source: Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-            destination: Some(SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port)),
+            destination: Some(SocketAddr::new(
+                IpAddr::V4(a.destination_address),
+                a.destination_port,
+            )),
         },
         v1::Addresses::Tcp6(a) => ProxyHeader {
             source: Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
-            destination: Some(SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port)),
+            destination: Some(SocketAddr::new(
+                IpAddr::V6(a.destination_address),
+                a.destination_port,
+            )),
         },
-        v1::Addresses::Unknown => ProxyHeader { source: None, destination: None },
+        v1::Addresses::Unknown => ProxyHeader {
+            source: None,
+            destination: None,
+        },
     })
 }
 
@@ -102,7 +128,9 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<ProxyHeader,
 pub fn build_header(version: ProxyVersion, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     let (source, destination) = same_family(source, destination);
     match version {
-        ProxyVersion::V1 => v1::Addresses::from((source, destination)).to_string().into_bytes(),
+        ProxyVersion::V1 => v1::Addresses::from((source, destination))
+            .to_string()
+            .into_bytes(),
         ProxyVersion::V2 => v2::Builder::with_addresses(
             v2::Version::Two | v2::Command::Proxy,
             v2::Protocol::Stream,
@@ -165,7 +193,10 @@ mod tests {
             b"PROXY TCP4 1.2.3.4\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2",
             b"PROXY TCP9 1.2.3.4 5.6.7.8 1 2\r\n",
-            &[0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00, 0x40, 1, 2],
+            &[
+                0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11,
+                0x00, 0x40, 1, 2,
+            ],
             b"",
         ] {
             let mut r = bad;
@@ -174,6 +205,9 @@ mod tests {
         let mut long = b"PROXY ".to_vec();
         long.extend(std::iter::repeat_n(b'1', 200));
         let mut r = &long[..];
-        assert!(matches!(read_header(&mut r).await, Err(ProxyHeaderError::Malformed(_))));
+        assert!(matches!(
+            read_header(&mut r).await,
+            Err(ProxyHeaderError::Malformed(_))
+        ));
     }
 }

@@ -92,14 +92,24 @@ impl Server {
     /// Accepts on `bound` until `shutdown` resolves; then stops accepting, lets open
     /// connections finish for `runtime.shutdown_grace`, closes the rest with FIN
     /// (cause `shutdown`), and returns.
-    pub async fn run(&self, bound: Vec<BoundListener>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    pub async fn run(
+        &self,
+        bound: Vec<BoundListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let stop = CancellationToken::new();
         for b in bound {
             let Some(settings) = self.config.listeners.iter().find(|l| l.name == b.name) else {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no listener named {:?} in the config", b.name)));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("no listener named {:?} in the config", b.name),
+                ));
             };
             let Some(pool) = self.pools.get(&settings.pool) else {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no pool named {:?} in the config", settings.pool)));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("no pool named {:?} in the config", settings.pool),
+                ));
             };
             let ctx = Arc::new(ListenerCtx {
                 name: Arc::from(settings.name.as_str()),
@@ -107,24 +117,44 @@ impl Server {
                 pool: Arc::clone(pool),
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&self.stats[&settings.name]),
-                limit: settings.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+                limit: settings
+                    .max_connections
+                    .map(|n| Arc::new(Semaphore::new(n))),
             });
             for socket in b.sockets {
                 let listener = TcpListener::from_std(socket)?;
                 tracing::info!(listener = %ctx.name, addr = %listener.local_addr()?, pool = %ctx.pool.name(), "listening");
-                self.shared.tasks.spawn(accept_loop(Arc::clone(&ctx), listener, stop.clone()));
+                self.shared
+                    .tasks
+                    .spawn(accept_loop(Arc::clone(&ctx), listener, stop.clone()));
             }
         }
         shutdown.await;
         let grace = self.config.runtime.shutdown_grace;
-        tracing::info!(open = self.shared.conns.len(), grace_ms = grace.as_millis() as u64, "shutting down: accepting no new connections");
+        tracing::info!(
+            open = self.shared.conns.len(),
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: accepting no new connections"
+        );
         stop.cancel();
         self.shared.tasks.close();
-        if tokio::time::timeout(grace, self.shared.tasks.wait()).await.is_err() {
-            let n = self.shared.conns.close_all(CloseOrder { cause: Cause::Shutdown, how: CloseHow::Fin });
+        if tokio::time::timeout(grace, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            let n = self.shared.conns.close_all(CloseOrder {
+                cause: Cause::Shutdown,
+                how: CloseHow::Fin,
+            });
             tracing::info!(closing = n, "grace period over: closing open connections");
-            if tokio::time::timeout(CLOSE_WAIT, self.shared.tasks.wait()).await.is_err() {
-                tracing::warn!(left = self.shared.conns.len(), "connections still open after closing; exiting anyway");
+            if tokio::time::timeout(CLOSE_WAIT, self.shared.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = self.shared.conns.len(),
+                    "connections still open after closing; exiting anyway"
+                );
             }
         }
         tracing::info!("stopped");

@@ -31,14 +31,19 @@ pub async fn connect(
     opts: &TcpOptions,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
-    let fail = |cause: Cause, source: io::Error| ConnectError { addr, cause, source };
+    let fail = |cause: Cause, source: io::Error| ConnectError {
+        addr,
+        cause,
+        source,
+    };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .map_err(|e| fail(Cause::UpstreamConnectError, e))?;
-    sockopt::apply_before_handshake(&socket, opts).map_err(|e| fail(Cause::UpstreamConnectError, e))?;
+    sockopt::apply_before_handshake(&socket, opts)
+        .map_err(|e| fail(Cause::UpstreamConnectError, e))?;
     let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(fail(Cause::of_connect_error(&e), e)),

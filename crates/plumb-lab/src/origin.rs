@@ -31,7 +31,12 @@ impl Origin {
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        tokio::spawn(accept(name.to_string(), listener, Arc::clone(&served), stop.clone()));
+        tokio::spawn(accept(
+            name.to_string(),
+            listener,
+            Arc::clone(&served),
+            stop.clone(),
+        ));
         Ok(Origin {
             name: name.to_string(),
             addr,
@@ -67,7 +72,12 @@ impl Drop for Origin {
     }
 }
 
-async fn accept(name: String, listener: TcpListener, served: Arc<AtomicU64>, stop: CancellationToken) {
+async fn accept(
+    name: String,
+    listener: TcpListener,
+    served: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
     let name: Arc<str> = Arc::from(name);
     loop {
         let (stream, _) = tokio::select! {
@@ -104,7 +114,11 @@ async fn accept(name: String, listener: TcpListener, served: Arc<AtomicU64>, sto
 }
 
 fn answer(name: &str, n: u64, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let body = format!("{name} answered {} {} (request {n} on this origin)\n", req.method(), req.uri().path());
+    let body = format!(
+        "{name} answered {} {} (request {n} on this origin)\n",
+        req.method(),
+        req.uri().path()
+    );
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     if let Ok(v) = hyper::header::HeaderValue::from_str(name) {
         resp.headers_mut().insert("x-origin", v);

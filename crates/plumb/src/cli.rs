@@ -21,14 +21,18 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the load balancer.
-    #[command(after_help = "Examples:\n  plumb serve -c examples/tcp.toml\n  RUST_LOG=debug plumb serve -c plumb.toml\n\nSIGTERM or Ctrl-C: stop accepting, let open connections finish for\nruntime.shutdown_grace (default 30s), then close them and exit 0.")]
+    #[command(
+        after_help = "Examples:\n  plumb serve -c examples/tcp.toml\n  RUST_LOG=debug plumb serve -c plumb.toml\n\nSIGTERM or Ctrl-C: stop accepting, let open connections finish for\nruntime.shutdown_grace (default 30s), then close them and exit 0."
+    )]
     Serve {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Validate a config file: print every error with its field path; exit 1 if any.
-    #[command(after_help = "Examples:\n  plumb check -c examples/tcp.toml\n  plumb check -c plumb.toml --format json")]
+    #[command(
+        after_help = "Examples:\n  plumb check -c examples/tcp.toml\n  plumb check -c plumb.toml --format json"
+    )]
     Check {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
@@ -38,7 +42,9 @@ enum Command {
         format: Format,
     },
     /// Three local HTTP origins with plumb in front; no file, no setup. Ctrl-C stops it.
-    #[command(after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)")]
+    #[command(
+        after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)"
+    )]
     Demo {
         /// Where plumb listens for clients.
         #[arg(long, default_value = "127.0.0.1:8080")]

@@ -14,7 +14,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             for e in &errors.0 {
                 eprintln!("{e}");
             }
-            eprintln!("{}: {} error(s); not starting", path.display(), errors.0.len());
+            eprintln!(
+                "{}: {} error(s); not starting",
+                path.display(),
+                errors.0.len()
+            );
             return Ok(ExitCode::from(1));
         }
     };

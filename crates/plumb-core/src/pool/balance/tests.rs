@@ -7,7 +7,12 @@ fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, w)| Arc::new(Backend::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)), *w)))
+        .map(|(i, w)| {
+            Arc::new(Backend::new(
+                SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                *w,
+            ))
+        })
         .collect()
 }
 
@@ -29,11 +34,19 @@ fn counts(kind: Balance, weights: &[u32], n: usize) -> Vec<usize> {
 
 #[test]
 fn round_robin_honours_weights_exactly_and_interleaves() {
-    assert_eq!(counts(Balance::RoundRobin, &[1, 1, 1], 300), vec![100, 100, 100]);
-    assert_eq!(counts(Balance::RoundRobin, &[5, 1, 1], 700), vec![500, 100, 100]);
+    assert_eq!(
+        counts(Balance::RoundRobin, &[1, 1, 1], 300),
+        vec![100, 100, 100]
+    );
+    assert_eq!(
+        counts(Balance::RoundRobin, &[5, 1, 1], 700),
+        vec![500, 100, 100]
+    );
     let backends = pool(&[5, 1, 1]);
     let bal = Balancer::new(Balance::RoundRobin);
-    let seq: Vec<u16> = (0..7).map(|_| port(&bal.pick(&backends, &[]).unwrap())).collect();
+    let seq: Vec<u16> = (0..7)
+        .map(|_| port(&bal.pick(&backends, &[]).unwrap()))
+        .collect();
     // Smooth: the heavy backend is never picked more than twice in a row here.
     assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
 }
@@ -55,7 +68,10 @@ fn least_conn_fills_the_emptiest_backend_by_weight() {
 #[test]
 fn least_conn_rotates_ties() {
     // With nothing held every backend ties; rotation spreads picks evenly.
-    assert_eq!(counts(Balance::LeastConn, &[1, 1, 1], 300), vec![100, 100, 100]);
+    assert_eq!(
+        counts(Balance::LeastConn, &[1, 1, 1], 300),
+        vec![100, 100, 100]
+    );
 }
 
 #[test]
@@ -68,7 +84,10 @@ fn random_two_follows_weights_and_balances_load() {
         .map(|_| ActiveGuard::new(bal.pick(&backends, &[]).unwrap()))
         .collect();
     let heavy = backends[0].active();
-    assert!((2950..=3050).contains(&heavy), "weight-3 backend holds {heavy} of 4000");
+    assert!(
+        (2950..=3050).contains(&heavy),
+        "weight-3 backend holds {heavy} of 4000"
+    );
     drop(held);
     // Equal weights, held open: the less loaded of two always wins, so the spread
     // stays tight (pure random would differ by about a hundred here).
@@ -78,7 +97,10 @@ fn random_two_follows_weights_and_balances_load() {
         .collect();
     let active: Vec<usize> = backends.iter().map(|b| b.active()).collect();
     let (min, max) = (active.iter().min().unwrap(), active.iter().max().unwrap());
-    assert!(max - min <= 20, "power of two choices should stay even: {active:?}");
+    assert!(
+        max - min <= 20,
+        "power of two choices should stay even: {active:?}"
+    );
     drop(held);
 }
 
@@ -94,7 +116,11 @@ fn tried_and_unavailable_backends_are_skipped() {
             let b = bal.pick(&backends, &tried).unwrap();
             *seen.entry(port(&b)).or_insert(0) += 1;
         }
-        assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![2], "{kind:?}");
+        assert_eq!(
+            seen.keys().copied().collect::<Vec<_>>(),
+            vec![2],
+            "{kind:?}"
+        );
         let all = [backends[0].addr(), backends[2].addr()];
         assert!(bal.pick(&backends, &all).is_none(), "{kind:?}");
     }
