@@ -66,13 +66,50 @@ pub struct Pool {
     pub timeouts: Option<PoolTimeouts>,
     pub tcp: Option<Tcp>,
     pub send_proxy: Option<Value>,
-    // Parsed so that they are not "unknown", and refused as not yet supported.
-    pub discovery: Option<Value>,
-    pub health: Option<Value>,
-    pub drain: Option<Value>,
+    pub health: Option<Health>,
+    pub drain: Option<Drain>,
     pub on_marked_down: Option<Value>,
-    pub upstream: Option<Value>,
+    pub upstream: Option<Upstream>,
+    pub passive: Option<Passive>,
     pub slow_start: Option<Value>,
+    // Parsed so that it is not "unknown", and refused as not yet supported.
+    pub discovery: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Health {
+    pub kind: Option<Value>,
+    pub path: Option<Value>,
+    pub host: Option<Value>,
+    pub expect_status: Option<Value>,
+    pub interval: Option<Value>,
+    pub timeout: Option<Value>,
+    pub rise: Option<Value>,
+    pub fall: Option<Value>,
+    pub close: Option<Value>,
+    pub large_probe_bytes: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Drain {
+    pub timeout: Option<Value>,
+    pub close_spread: Option<Value>,
+    pub on_timeout: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Upstream {
+    pub max_idle_per_backend: Option<Value>,
+    pub idle_timeout: Option<Value>,
+    pub preconnect: Option<Value>,
+    pub max_connections_per_backend: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Passive {
+    pub consecutive_failures: Option<Value>,
+    pub ejection: Option<Value>,
+    pub max_ejection: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -151,6 +151,124 @@ pub struct Pool {
     pub tcp: TcpOptions,
     /// Send a PROXY protocol header to backends so they see the client address.
     pub send_proxy: Option<ProxyVersion>,
+    /// Active health checks; `None`: backends are not probed (passive ejection still
+    /// applies).
+    pub health: Option<Health>,
+    /// What drain and deregistration do to open connections.
+    pub drain: Drain,
+    /// What happens to a backend's open connections when its health checks fail.
+    pub on_marked_down: OnMarkedDown,
+    /// Idle and per-backend connection limits.
+    pub upstream: Upstream,
+    /// Passive ejection: failures seen by real traffic take a backend out.
+    pub passive: Passive,
+    /// A backend coming (back) up ramps its weight from 1/10 to full over this long.
+    pub slow_start: Option<Duration>,
+}
+
+/// `pool.health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// What a check does.
+    pub kind: HealthKind,
+    /// Time between checks of one backend (with up to 10% jitter so checks of many
+    /// backends do not fire together). Default 5 s.
+    pub interval: Duration,
+    /// Bound on one whole check: connect, request and response. Default 2 s.
+    pub timeout: Duration,
+    /// Consecutive successes that mark an unhealthy backend healthy. Default 2.
+    pub rise: u32,
+    /// Consecutive failures that mark a healthy backend unhealthy. Default 3.
+    pub fall: u32,
+    /// How a check closes its connection. Default FIN: some servers log or misbehave
+    /// on an RST (incident 003).
+    pub close: CheckClose,
+    /// HTTP checks: pad the request to at least this many bytes so that one
+    /// full-size segment crosses the path (an MTU black hole fails the check).
+    pub large_probe_bytes: Option<usize>,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A fresh connect that succeeds is healthy.
+    Tcp,
+    /// A GET on a fresh connection; a status in the expected range is healthy.
+    Http {
+        /// Request path. Default `/`.
+        path: String,
+        /// Host header. Default: the backend address.
+        host: Option<String>,
+        /// Inclusive range of healthy statuses. Default 200 to 399.
+        expect_status: (u16, u16),
+    },
+}
+
+/// How a health check closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckClose {
+    /// Orderly close.
+    Fin,
+    /// Reset (`SO_LINGER` 0).
+    Rst,
+}
+
+/// `pool.drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// How long a drained backend's open connections may go on. Default 30 s.
+    pub timeout: Duration,
+    /// Closes at the deadline are spread over this long, so clients don't reconnect in
+    /// one storm. Default 1 s.
+    pub close_spread: Duration,
+    /// RST (default: the client learns at once its connection is gone) or FIN.
+    pub on_timeout: DrainClose,
+}
+
+/// How drain closes connections at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainClose {
+    /// RST both legs.
+    Reset,
+    /// FIN both legs.
+    Close,
+}
+
+/// `pool.on_marked_down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMarkedDown {
+    /// Reset the backend's open connections: it is unreachable, and their bytes would
+    /// go nowhere.
+    Reset,
+    /// Leave them to their own timers.
+    Keep,
+}
+
+/// `pool.upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    /// Open connections per backend at most; the next client goes to another backend
+    /// or is refused (`backend_connection_limit`). Default: no limit.
+    pub max_connections_per_backend: Option<usize>,
+    /// Idle connections opened ahead of clients, per backend. Default 0: plumb opens a
+    /// backend connection only when a client needs one (incident 004: pre-opened idle
+    /// connections froze a single-threaded backend).
+    pub preconnect: usize,
+    /// A pre-opened connection unused for this long is closed. Default 30 s, shorter
+    /// than common backend keep-alive timeouts (60 s and up), so plumb closes first.
+    pub idle_timeout: Duration,
+}
+
+/// `pool.passive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive connect failures or resets that eject a backend. Default 5;
+    /// 0 turns passive ejection off.
+    pub consecutive_failures: u32,
+    /// First ejection's length; doubles on each consecutive ejection. Default 10 s.
+    pub ejection: Duration,
+    /// Longest ejection. Default 5 min.
+    pub max_ejection: Duration,
 }
 
 /// `pool.timeouts`.
@@ -214,5 +332,15 @@ pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_CONNECT_ATTEMPTS: usize = 3;
 /// Default bound on reading a PROXY header.
 pub const DEFAULT_HEADER_READ: Duration = Duration::from_secs(5);
+/// Default health check interval.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Default health check timeout.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default drain timeout.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default drain close spread.
+pub const DEFAULT_CLOSE_SPREAD: Duration = Duration::from_secs(1);
+/// Default idle timeout of pre-opened connections.
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(30);
 /// Default shutdown grace.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

@@ -135,10 +135,13 @@ fn listener_needs_pool_and_addresses() {
 
 #[test]
 fn features_of_later_versions_are_refused_not_ignored() {
-    let text = format!("{MINIMAL}\n[pool.health]\nkind = \"tcp\"\n");
+    let text = MINIMAL.replace(
+        "backends = [",
+        "discovery = { dns = \"app.internal:80\" }\nbackends = [",
+    );
     check(
         &text,
-        &["pool[0].health: not supported yet by this version of plumb"],
+        &["pool[0].discovery: not supported yet by this version of plumb"],
     );
 }
 
@@ -261,4 +264,52 @@ mod props {
         ];
         prop_oneof![header, (key, value).prop_map(|(k, v)| format!("{k} = {v}"))]
     }
+}
+
+#[test]
+fn backend_lifecycle_settings() {
+    let text = format!(
+        "{MINIMAL}on_marked_down = \"keep\"\nslow_start = \"20s\"\n\
+         [pool.health]\nkind = \"http\"\npath = \"/healthz\"\nexpect_status = \"200-299\"\ninterval = \"1s\"\n\
+         [pool.drain]\ntimeout = \"5s\"\non_timeout = \"close\"\n\
+         [pool.upstream]\nmax_connections_per_backend = 100\n"
+    );
+    let c = parse(&text).unwrap();
+    let p = &c.pools[0];
+    let h = p.health.as_ref().unwrap();
+    assert_eq!(
+        h.kind,
+        HealthKind::Http {
+            path: "/healthz".into(),
+            host: None,
+            expect_status: (200, 299)
+        }
+    );
+    assert_eq!((h.rise, h.fall, h.close), (2, 3, CheckClose::Fin));
+    assert_eq!(p.drain.on_timeout, DrainClose::Close);
+    assert_eq!(p.drain.close_spread, Duration::from_secs(1));
+    assert_eq!(p.on_marked_down, OnMarkedDown::Keep);
+    assert_eq!(p.upstream.max_connections_per_backend, Some(100));
+    assert_eq!(p.upstream.preconnect, 0);
+    assert_eq!(p.slow_start, Some(Duration::from_secs(20)));
+
+    let bad = format!(
+        "{MINIMAL}[pool.health]\nkind = \"tcp\"\npath = \"/x\"\nclose = \"slam\"\nexpect_status = \"abc\"\n"
+    );
+    check(
+        &bad,
+        &[
+            "pool[0].health.path: only applies to kind = \"http\"",
+            "pool[0].health.expect_status: only applies to kind = \"http\"",
+            "pool[0].health.close: \"slam\" is not a close mode (expected \"fin\" or \"rst\")",
+        ],
+    );
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
+    check(&text, &["admin.listen: 0.0.0.0:9901 is not a loopback address: the admin API can drain and deregister backends, so binding it elsewhere requires admin.token_file"]);
+    let ok = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_file = \"/etc/plumb/token\"\n");
+    assert!(parse(&ok).is_ok());
 }

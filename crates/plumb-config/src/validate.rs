@@ -267,6 +267,14 @@ impl Validator {
             .as_ref()
             .and_then(|v| self.string(v, "admin.token_file"))
             .map(PathBuf::from);
+        if !listen.ip().is_loopback() && token_file.is_none() {
+            self.err(
+                "admin.listen",
+                format!(
+                    "{listen} is not a loopback address: the admin API can drain and deregister backends, so binding it elsewhere requires admin.token_file"
+                ),
+            );
+        }
         Admin { listen, token_file }
     }
 
@@ -436,15 +444,34 @@ impl Validator {
                 }
             }
         };
-        for (key, v) in [
-            ("health", &p.health),
-            ("drain", &p.drain),
-            ("on_marked_down", &p.on_marked_down),
-            ("upstream", &p.upstream),
-            ("slow_start", &p.slow_start),
-        ] {
-            self.unsupported(v.as_ref(), &format!("{path}.{key}"));
-        }
+        let health = p
+            .health
+            .as_ref()
+            .map(|h| self.health(h, &format!("{path}.health")));
+        let drain = self.drain(p.drain.as_ref(), &format!("{path}.drain"));
+        let on_marked_down = match &p.on_marked_down {
+            None => OnMarkedDown::Reset,
+            Some(v) => match self.string(v, &format!("{path}.on_marked_down")) {
+                Some("reset") | None => OnMarkedDown::Reset,
+                Some("keep") => OnMarkedDown::Keep,
+                Some(other) => {
+                    self.err(
+                        &format!("{path}.on_marked_down"),
+                        format!("{other:?} is not an action (expected \"reset\" or \"keep\")"),
+                    );
+                    OnMarkedDown::Reset
+                }
+            },
+        };
+        let upstream = self.upstream(p.upstream.as_ref(), &format!("{path}.upstream"));
+        let passive = self.passive(p.passive.as_ref(), &format!("{path}.passive"));
+        let slow_start = p.slow_start.as_ref().map(|v| {
+            self.positive_duration_or(
+                Some(v),
+                &format!("{path}.slow_start"),
+                Duration::from_secs(30),
+            )
+        });
         Pool {
             name,
             balance,
@@ -453,6 +480,263 @@ impl Validator {
             timeouts,
             tcp,
             send_proxy,
+            health,
+            drain,
+            on_marked_down,
+            upstream,
+            passive,
+            slow_start,
+        }
+    }
+
+    fn health(&mut self, h: &file::Health, path: &str) -> Health {
+        let kind_name = match &h.kind {
+            None => "tcp",
+            Some(v) => self.string(v, &format!("{path}.kind")).unwrap_or("tcp"),
+        };
+        let http_only = [
+            ("path", h.path.is_some()),
+            ("host", h.host.is_some()),
+            ("expect_status", h.expect_status.is_some()),
+            ("large_probe_bytes", h.large_probe_bytes.is_some()),
+        ];
+        let kind = match kind_name {
+            "tcp" => {
+                for (key, set) in http_only {
+                    if set {
+                        self.err(&format!("{path}.{key}"), "only applies to kind = \"http\"");
+                    }
+                }
+                HealthKind::Tcp
+            }
+            "http" => {
+                let hpath = match &h.path {
+                    None => "/".to_string(),
+                    Some(v) => match self.string(v, &format!("{path}.path")) {
+                        Some(p)
+                            if p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic()) =>
+                        {
+                            p.to_string()
+                        }
+                        Some(p) => {
+                            self.err(&format!("{path}.path"), format!("{p:?} is not a request path (it must start with '/' and have no spaces)"));
+                            "/".to_string()
+                        }
+                        None => "/".to_string(),
+                    },
+                };
+                let host = match &h.host {
+                    None => None,
+                    Some(v) => match self.string(v, &format!("{path}.host")) {
+                        Some(host)
+                            if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()) =>
+                        {
+                            Some(host.to_string())
+                        }
+                        Some(host) => {
+                            self.err(
+                                &format!("{path}.host"),
+                                format!("{host:?} is not a valid Host header"),
+                            );
+                            None
+                        }
+                        None => None,
+                    },
+                };
+                let expect_status = match &h.expect_status {
+                    None => (200, 399),
+                    Some(v) => self.status_range(v, &format!("{path}.expect_status")),
+                };
+                HealthKind::Http {
+                    path: hpath,
+                    host,
+                    expect_status,
+                }
+            }
+            other => {
+                self.err(
+                    &format!("{path}.kind"),
+                    format!("{other:?} is not a health check kind (expected \"tcp\" or \"http\")"),
+                );
+                HealthKind::Tcp
+            }
+        };
+        let interval = self.positive_duration_or(
+            h.interval.as_ref(),
+            &format!("{path}.interval"),
+            DEFAULT_HEALTH_INTERVAL,
+        );
+        let timeout = self.positive_duration_or(
+            h.timeout.as_ref(),
+            &format!("{path}.timeout"),
+            DEFAULT_HEALTH_TIMEOUT,
+        );
+        let rise = h
+            .rise
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.rise"), 1, 100))
+            .map_or(2, |n| n as u32);
+        let fall = h
+            .fall
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.fall"), 1, 100))
+            .map_or(3, |n| n as u32);
+        let close = match &h.close {
+            None => CheckClose::Fin,
+            Some(v) => match self.string(v, &format!("{path}.close")) {
+                Some("fin") | None => CheckClose::Fin,
+                Some("rst") => CheckClose::Rst,
+                Some(other) => {
+                    self.err(
+                        &format!("{path}.close"),
+                        format!("{other:?} is not a close mode (expected \"fin\" or \"rst\")"),
+                    );
+                    CheckClose::Fin
+                }
+            },
+        };
+        let large_probe_bytes = h
+            .large_probe_bytes
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.large_probe_bytes"), 1, 65536))
+            .map(|n| n as usize);
+        Health {
+            kind,
+            interval,
+            timeout,
+            rise,
+            fall,
+            close,
+            large_probe_bytes,
+        }
+    }
+
+    fn status_range(&mut self, v: &Value, path: &str) -> (u16, u16) {
+        let range = match v {
+            Value::Integer(n) => Some((*n, *n)),
+            Value::String(s) => match s.split_once('-') {
+                Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                None => s.trim().parse().ok().map(|n| (n, n)),
+            },
+            _ => None,
+        };
+        match range {
+            Some((a, b)) if (100..=599).contains(&a) && (100..=599).contains(&b) && a <= b => {
+                (a as u16, b as u16)
+            }
+            _ => {
+                self.err(
+                    path,
+                    format!(
+                        "{} is not a status or range (such as 200 or \"200-399\")",
+                        show(v)
+                    ),
+                );
+                (200, 399)
+            }
+        }
+    }
+
+    fn drain(&mut self, d: Option<&file::Drain>, path: &str) -> Drain {
+        let df = file::Drain::default();
+        let d = d.unwrap_or(&df);
+        let timeout = self.duration_or(
+            d.timeout.as_ref(),
+            &format!("{path}.timeout"),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let close_spread = self.duration_or(
+            d.close_spread.as_ref(),
+            &format!("{path}.close_spread"),
+            DEFAULT_CLOSE_SPREAD,
+        );
+        let on_timeout = match &d.on_timeout {
+            None => DrainClose::Reset,
+            Some(v) => match self.string(v, &format!("{path}.on_timeout")) {
+                Some("reset") | None => DrainClose::Reset,
+                Some("close") => DrainClose::Close,
+                Some(other) => {
+                    self.err(
+                        &format!("{path}.on_timeout"),
+                        format!("{other:?} is not an action (expected \"reset\" or \"close\")"),
+                    );
+                    DrainClose::Reset
+                }
+            },
+        };
+        Drain {
+            timeout,
+            close_spread,
+            on_timeout,
+        }
+    }
+
+    fn upstream(&mut self, u: Option<&file::Upstream>, path: &str) -> Upstream {
+        let df = file::Upstream::default();
+        let u = u.unwrap_or(&df);
+        let max_connections_per_backend = u
+            .max_connections_per_backend
+            .as_ref()
+            .and_then(|v| {
+                self.int(
+                    v,
+                    &format!("{path}.max_connections_per_backend"),
+                    1,
+                    10_000_000,
+                )
+            })
+            .map(|n| n as usize);
+        let preconnect = u
+            .preconnect
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.preconnect"), 0, 1000))
+            .map_or(0, |n| n as usize);
+        let idle_timeout = self.positive_duration_or(
+            u.idle_timeout.as_ref(),
+            &format!("{path}.idle_timeout"),
+            DEFAULT_UPSTREAM_IDLE,
+        );
+        if u.max_idle_per_backend.is_some() {
+            self.err(
+                &format!("{path}.max_idle_per_backend"),
+                "not supported yet by this version of plumb (it bounds the HTTP keep-alive pool; TCP pools use preconnect)",
+            );
+        }
+        Upstream {
+            max_connections_per_backend,
+            preconnect,
+            idle_timeout,
+        }
+    }
+
+    fn passive(&mut self, p: Option<&file::Passive>, path: &str) -> Passive {
+        let df = file::Passive::default();
+        let p = p.unwrap_or(&df);
+        let consecutive_failures = p
+            .consecutive_failures
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.consecutive_failures"), 0, 1000))
+            .map_or(5, |n| n as u32);
+        let ejection = self.positive_duration_or(
+            p.ejection.as_ref(),
+            &format!("{path}.ejection"),
+            Duration::from_secs(10),
+        );
+        let max_ejection = self.positive_duration_or(
+            p.max_ejection.as_ref(),
+            &format!("{path}.max_ejection"),
+            Duration::from_secs(300),
+        );
+        if max_ejection < ejection {
+            self.err(
+                &format!("{path}.max_ejection"),
+                "must not be shorter than ejection",
+            );
+        }
+        Passive {
+            consecutive_failures,
+            ejection,
+            max_ejection,
         }
     }
 

@@ -28,6 +28,13 @@ pub enum Cause {
     UpstreamIoError,
     /// Every backend of the pool is down, drained or already tried.
     NoHealthyBackend,
+    /// Every backend that could take the connection is at
+    /// `upstream.max_connections_per_backend`.
+    BackendConnectionLimit,
+    /// The backend was drained or deregistered and its drain deadline passed.
+    BackendDrained,
+    /// The backend failed its health checks (`on_marked_down = "reset"`).
+    BackendMarkedDown,
     /// The listener's `max_connections` was reached; the connection was reset at once.
     ListenerConnectionLimit,
     /// The client reset its connection.
@@ -51,7 +58,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, for docs and exhaustive tests.
-    pub const ALL: [Cause; 18] = [
+    pub const ALL: [Cause; 21] = [
         Cause::UpstreamConnectRefused,
         Cause::UpstreamConnectTimeout,
         Cause::UpstreamUnreachable,
@@ -61,6 +68,9 @@ impl Cause {
         Cause::UpstreamIdleTimeout,
         Cause::UpstreamIoError,
         Cause::NoHealthyBackend,
+        Cause::BackendConnectionLimit,
+        Cause::BackendDrained,
+        Cause::BackendMarkedDown,
         Cause::ListenerConnectionLimit,
         Cause::ClientReset,
         Cause::ClientTcpTimeout,
@@ -84,6 +94,9 @@ impl Cause {
             Cause::UpstreamIdleTimeout => "upstream_idle_timeout",
             Cause::UpstreamIoError => "upstream_io_error",
             Cause::NoHealthyBackend => "no_healthy_backend",
+            Cause::BackendConnectionLimit => "backend_connection_limit",
+            Cause::BackendDrained => "backend_drained",
+            Cause::BackendMarkedDown => "backend_marked_down",
             Cause::ListenerConnectionLimit => "listener_connection_limit",
             Cause::ClientReset => "client_reset",
             Cause::ClientTcpTimeout => "client_tcp_timeout",

@@ -100,7 +100,7 @@ pub(crate) async fn serve(
                 return finish(&ctx, &reg, record, started);
             }
         };
-        let (mut upstream, _active) = upstream;
+        let (mut upstream, active) = upstream;
         let conn = reg.conn();
         conn.set_backend(record.backend.unwrap_or(peer));
         tracing::Span::current().record(
@@ -153,7 +153,10 @@ pub(crate) async fn serve(
                     Side::Upstream => End::UpstreamClosed,
                 };
             }
-            Outcome::Broken { cause, error, .. } => {
+            Outcome::Broken { side, cause, error } => {
+                if side == Side::Upstream {
+                    ctx.pool.report_failure(active.backend(), cause);
+                }
                 // Whoever broke, the other leg gets an RST: it must not believe its
                 // bytes are still going somewhere.
                 sockopt::arm_reset(&client);
@@ -181,6 +184,7 @@ pub(crate) async fn serve(
             }
         }
         drop(upstream);
+        drop(active);
         drop(client);
         finish(&ctx, &reg, record, started);
     }
@@ -210,8 +214,16 @@ async fn connect_with_retries(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_cause = Cause::NoHealthyBackend;
     while tried.len() < settings.connect_attempts {
-        let Some(guard) = pool.pick(&tried) else {
-            break;
+        let guard = match pool.pick(&tried) {
+            Ok(g) => g,
+            Err(e) => {
+                // Nothing (more) to try. After failed attempts, their cause is the
+                // story; with none made, the pick error is.
+                if tried.is_empty() {
+                    last_cause = e.cause();
+                }
+                break;
+            }
         };
         let addr = guard.backend().addr();
         tried.push(addr);
@@ -227,11 +239,13 @@ async fn connect_with_retries(
         };
         match result {
             Ok(stream) => {
+                pool.report_success(guard.backend());
                 record.backend = Some(addr);
                 return Some((stream, guard));
             }
             Err(e) => {
                 tracing::debug!(backend.addr = %addr, cause = %e.cause, error = %e.source, "connect attempt failed");
+                pool.report_failure(guard.backend(), e.cause);
                 last_cause = e.cause;
                 record.failed.push(Attempt {
                     backend: addr,

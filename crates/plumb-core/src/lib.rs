@@ -10,6 +10,7 @@
 pub mod accesslog;
 pub mod cause;
 pub mod conntable;
+pub mod health;
 pub mod l4;
 pub mod listener;
 pub mod pool;

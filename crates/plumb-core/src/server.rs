@@ -35,6 +35,7 @@ pub struct Server {
     shared: Arc<Shared>,
     pools: HashMap<String, Arc<Pool>>,
     stats: HashMap<String, Arc<ListenerStats>>,
+    started: tokio::time::Instant,
 }
 
 /// How long connections still open after the grace period get to close.
@@ -43,10 +44,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 impl Server {
     /// Builds pools and opens the access log. Binds nothing.
     pub fn new(config: &Config, access_log: AccessLog) -> Server {
+        let conns = Arc::new(ConnTable::default());
         let pools = config
             .pools
             .iter()
-            .map(|p| (p.name.clone(), Arc::new(Pool::new(p))))
+            .map(|p| (p.name.clone(), Pool::new(p, Arc::clone(&conns))))
             .collect();
         let stats = config
             .listeners
@@ -56,12 +58,13 @@ impl Server {
         Server {
             config: config.clone(),
             shared: Arc::new(Shared {
-                conns: Arc::new(ConnTable::default()),
+                conns,
                 access_log,
                 tasks: TaskTracker::new(),
             }),
             pools,
             stats,
+            started: tokio::time::Instant::now(),
         }
     }
 
@@ -84,6 +87,25 @@ impl Server {
         self.pools.get(name)
     }
 
+    /// Every pool, in config order.
+    pub fn pools(&self) -> Vec<&Arc<Pool>> {
+        self.config
+            .pools
+            .iter()
+            .filter_map(|p| self.pools.get(&p.name))
+            .collect()
+    }
+
+    /// The config the server was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// How long ago the server was built.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// A listener's counters by name.
     pub fn listener_stats(&self, name: &str) -> Option<&Arc<ListenerStats>> {
         self.stats.get(name)
@@ -98,6 +120,9 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let stop = CancellationToken::new();
+        for pool in self.pools.values() {
+            pool.start();
+        }
         for b in bound {
             let Some(settings) = self.config.listeners.iter().find(|l| l.name == b.name) else {
                 return Err(io::Error::new(
@@ -137,6 +162,9 @@ impl Server {
             "shutting down: accepting no new connections"
         );
         stop.cancel();
+        for pool in self.pools.values() {
+            pool.stop();
+        }
         self.shared.tasks.close();
         if tokio::time::timeout(grace, self.shared.tasks.wait())
             .await

@@ -43,12 +43,15 @@ enum Command {
     },
     /// Three local HTTP origins with plumb in front; no file, no setup. Ctrl-C stops it.
     #[command(
-        after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)"
+        after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --admin 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)"
     )]
     Demo {
         /// Where plumb listens for clients.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where the admin API listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
         /// Balancing algorithm: round_robin, least_conn or random_two.
         #[arg(long, default_value = "round_robin")]
         balance: String,
@@ -79,7 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve { config } => serve::run(&config),
         Command::Check { config, format } => Ok(check::run(&config, format)),
-        Command::Demo { listen, balance } => demo::run(listen, &balance),
+        Command::Demo {
+            listen,
+            admin,
+            balance,
+        } => demo::run(listen, admin, &balance),
     }
 }
 

@@ -1,17 +1,27 @@
-//! One backend and the live counters balancing reads.
+//! One backend: its address and weight, whether it may take new connections (drain,
+//! health checks, passive ejection), and the live counters balancing reads.
+//!
+//! Hot-path state (availability, load) is in atomics; times are milliseconds on the
+//! pool's tokio clock (see [`super::Pool::now_ms`]). Rarely-changing details (the last
+//! check, errors by cause) sit behind a mutex.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// Whether a backend takes new connections.
+use tokio_util::sync::CancellationToken;
+
+use crate::cause::Cause;
+
+/// How a backend is reported (admin API, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendState {
     /// Takes new connections.
     Healthy,
     /// Takes none; open connections run until the drain deadline.
     Draining,
-    /// Failing its checks; takes none.
+    /// Failing its health checks, or ejected by passive checks; takes none.
     Unhealthy,
 }
 
@@ -24,22 +34,17 @@ impl BackendState {
             BackendState::Unhealthy => "unhealthy",
         }
     }
+}
 
-    fn from_u8(v: u8) -> BackendState {
-        match v {
-            1 => BackendState::Draining,
-            2 => BackendState::Unhealthy,
-            _ => BackendState::Healthy,
-        }
-    }
-
-    fn to_u8(self) -> u8 {
-        match self {
-            BackendState::Healthy => 0,
-            BackendState::Draining => 1,
-            BackendState::Unhealthy => 2,
-        }
-    }
+/// The outcome of the last health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Whether it passed.
+    pub ok: bool,
+    /// `ok`, `connect refused`, `status 503`, `response timeout after 1000ms`...
+    pub reason: String,
+    /// When it finished, in pool milliseconds.
+    pub at_ms: u64,
 }
 
 /// A backend of a pool.
@@ -47,7 +52,18 @@ impl BackendState {
 pub struct Backend {
     addr: SocketAddr,
     weight: AtomicU32,
-    state: AtomicU8,
+    draining: AtomicBool,
+    /// The active health checks' verdict (true until checks say otherwise).
+    healthy: AtomicBool,
+    /// Passive ejection holds until this pool millisecond (0: not ejected).
+    ejected_until: AtomicU64,
+    /// Ejections in a row, for the growing back-off.
+    ejections: AtomicU32,
+    consecutive_failures: AtomicU32,
+    /// Pool millisecond of the last failure (connect failure, reset, failed check).
+    last_failure: AtomicU64,
+    /// Pool millisecond + 1 at which a slow-start ramp began (0: none).
+    ramp_start: AtomicU64,
     /// Connections open or being opened to this backend.
     active: AtomicUsize,
     /// Connections handed to this backend over its life.
@@ -55,6 +71,24 @@ pub struct Backend {
     /// Smooth weighted round robin's running weight; only touched under the
     /// balancer's lock.
     pub(super) current: AtomicI64,
+    details: Mutex<Details>,
+    /// Cancelled when the backend leaves its pool: stops its health checker.
+    pub(crate) gone: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Details {
+    last_check: Option<CheckReport>,
+    errors: BTreeMap<Cause, u64>,
+    drain: Option<DrainTicket>,
+}
+
+/// A drain in progress.
+#[derive(Debug, Clone)]
+pub(crate) struct DrainTicket {
+    pub(crate) deadline_ms: u64,
+    pub(crate) remove: bool,
+    pub(crate) cancel: CancellationToken,
 }
 
 impl Backend {
@@ -63,10 +97,18 @@ impl Backend {
         Backend {
             addr,
             weight: AtomicU32::new(weight.max(1)),
-            state: AtomicU8::new(BackendState::Healthy.to_u8()),
+            draining: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            last_failure: AtomicU64::new(0),
+            ramp_start: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             picked: AtomicU64::new(0),
             current: AtomicI64::new(0),
+            details: Mutex::new(Details::default()),
+            gone: CancellationToken::new(),
         }
     }
 
@@ -75,9 +117,14 @@ impl Backend {
         self.addr
     }
 
-    /// Relative share of new connections.
+    /// Configured relative share of new connections.
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes the weight.
+    pub fn set_weight(&self, w: u32) {
+        self.weight.store(w.max(1), Ordering::Relaxed);
     }
 
     /// Connections open or being opened now.
@@ -90,19 +137,143 @@ impl Backend {
         self.picked.load(Ordering::Relaxed)
     }
 
-    /// Current state.
-    pub fn state(&self) -> BackendState {
-        BackendState::from_u8(self.state.load(Ordering::Relaxed))
+    /// Whether it is draining (or being deregistered).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
-    /// Changes the state.
-    pub fn set_state(&self, s: BackendState) {
-        self.state.store(s.to_u8(), Ordering::Relaxed);
+    /// The active health checks' verdict.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Whether balancing may choose this backend.
-    pub fn is_available(&self) -> bool {
-        self.state() == BackendState::Healthy
+    /// Whether passive ejection holds at `now_ms`.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Pool millisecond until which it is ejected (0: not ejected).
+    pub fn ejected_until(&self) -> u64 {
+        self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Whether balancing may choose it at `now_ms`.
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        !self.is_draining() && self.is_healthy() && !self.is_ejected(now_ms)
+    }
+
+    /// The state to report.
+    pub fn state(&self, now_ms: u64) -> BackendState {
+        if self.is_draining() {
+            BackendState::Draining
+        } else if !self.is_healthy() || self.is_ejected(now_ms) {
+            BackendState::Unhealthy
+        } else {
+            BackendState::Healthy
+        }
+    }
+
+    /// Pool millisecond of the last failure (0: none).
+    pub fn last_failure(&self) -> u64 {
+        self.last_failure.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive failures seen by traffic.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// The last health check, if any ran.
+    pub fn last_check(&self) -> Option<CheckReport> {
+        self.lock().last_check.clone()
+    }
+
+    /// Failures seen by traffic, by cause.
+    pub fn errors(&self) -> BTreeMap<Cause, u64> {
+        self.lock().errors.clone()
+    }
+
+    /// The drain deadline (pool milliseconds) and whether the backend will be
+    /// removed, while a drain is in progress.
+    pub fn drain_deadline(&self) -> Option<(u64, bool)> {
+        self.lock()
+            .drain
+            .as_ref()
+            .map(|d| (d.deadline_ms, d.remove))
+    }
+
+    /// The weight balancing uses at `now_ms`, in hundredths: the configured weight,
+    /// ramped from a tenth to full over `slow_start_ms` after the backend came (back)
+    /// up.
+    pub fn effective_weight(&self, now_ms: u64, slow_start_ms: u64) -> u64 {
+        let full = u64::from(self.weight()) * 100;
+        let start = self.ramp_start.load(Ordering::Relaxed);
+        if start == 0 || slow_start_ms == 0 {
+            return full;
+        }
+        let elapsed = now_ms.saturating_sub(start - 1);
+        if elapsed >= slow_start_ms {
+            self.ramp_start.store(0, Ordering::Relaxed);
+            return full;
+        }
+        let share = 10 + 90 * elapsed / slow_start_ms;
+        (full * share / 100).max(1)
+    }
+
+    pub(crate) fn begin_ramp(&self, now_ms: u64) {
+        self.ramp_start.store(now_ms + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_check(&self, report: CheckReport) {
+        self.lock().last_check = Some(report);
+    }
+
+    pub(crate) fn replace_drain(&self, ticket: Option<DrainTicket>) -> Option<DrainTicket> {
+        std::mem::replace(&mut self.lock().drain, ticket)
+    }
+
+    /// Counts a failure seen by traffic. Returns the new consecutive count.
+    pub(crate) fn record_failure(&self, cause: Cause, now_ms: u64) -> u32 {
+        *self.lock().errors.entry(cause).or_default() += 1;
+        self.last_failure.store(now_ms.max(1), Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a success seen by traffic.
+    pub(crate) fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Ejects until `until_ms`; returns how many ejections in a row this makes.
+    pub(crate) fn eject(&self, until_ms: u64) -> u32 {
+        self.ejected_until.store(until_ms, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ejections in a row so far.
+    pub(crate) fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Ends an ejection (a health check passed, or it expired and traffic succeeded).
+    pub(crate) fn clear_ejection(&self) {
+        self.ejected_until.store(0, Ordering::Relaxed);
+        self.ejections.store(0, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Details> {
+        self.details.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -1,7 +1,8 @@
-//! Choosing a backend: smooth weighted round robin, weighted least connections, and
-//! weighted power of two random choices. Pure logic over the backend list; no I/O.
+//! Choosing a backend among candidates the pool has already filtered: smooth weighted
+//! round robin, weighted least connections, and weighted power of two random choices.
+//! Pure logic over the candidate list; no I/O. Weights come from a function so the
+//! pool can ramp them (slow start).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -30,13 +31,16 @@ impl Balancer {
         }
     }
 
-    /// Chooses among the available backends not in `tried`.
-    pub fn pick(&self, backends: &[Arc<Backend>], tried: &[SocketAddr]) -> Option<Arc<Backend>> {
-        let eligible = |b: &&Arc<Backend>| b.is_available() && !tried.contains(&b.addr());
+    /// Chooses among `candidates`; `weight` gives each one's current weight.
+    pub fn pick(
+        &self,
+        candidates: &[&Arc<Backend>],
+        weight: impl Fn(&Backend) -> u64,
+    ) -> Option<Arc<Backend>> {
         match self.kind {
-            Balance::RoundRobin => self.round_robin(backends, eligible),
-            Balance::LeastConn => self.least_conn(backends, eligible),
-            Balance::RandomTwo => random_two(backends, eligible),
+            Balance::RoundRobin => self.round_robin(candidates, weight),
+            Balance::LeastConn => self.least_conn(candidates, weight),
+            Balance::RandomTwo => random_two(candidates, weight),
         }
     }
 
@@ -45,21 +49,21 @@ impl Balancer {
     /// weights from the winner. Weights 5,1,1 give a a b a c a a, not a a a a a b c.
     fn round_robin(
         &self,
-        backends: &[Arc<Backend>],
-        eligible: impl Fn(&&Arc<Backend>) -> bool,
+        candidates: &[&Arc<Backend>],
+        weight: impl Fn(&Backend) -> u64,
     ) -> Option<Arc<Backend>> {
         let _lock = self.rr.lock().unwrap_or_else(|p| p.into_inner());
         let mut total: i64 = 0;
-        let mut best: Option<&Arc<Backend>> = None;
-        for b in backends.iter().filter(&eligible) {
-            let w = i64::from(b.weight());
+        let mut best: Option<(&Arc<Backend>, i64)> = None;
+        for b in candidates {
+            let w = i64::try_from(weight(b)).unwrap_or(i64::MAX / 1024);
             total += w;
             let cur = b.current.fetch_add(w, Ordering::Relaxed) + w;
-            if best.is_none_or(|x| cur > x.current.load(Ordering::Relaxed)) {
-                best = Some(b);
+            if best.is_none_or(|(_, c)| cur > c) {
+                best = Some((b, cur));
             }
         }
-        let best = best?;
+        let (best, _) = best?;
         best.current.fetch_sub(total, Ordering::Relaxed);
         Some(Arc::clone(best))
     }
@@ -68,21 +72,18 @@ impl Balancer {
     /// the previous winner.
     fn least_conn(
         &self,
-        backends: &[Arc<Backend>],
-        eligible: impl Fn(&&Arc<Backend>) -> bool,
+        candidates: &[&Arc<Backend>],
+        weight: impl Fn(&Backend) -> u64,
     ) -> Option<Arc<Backend>> {
-        let n = backends.len();
+        let n = candidates.len();
         if n == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
         let mut best: Option<&Arc<Backend>> = None;
         for i in 0..n {
-            let b = &backends[(start + i) % n];
-            if !eligible(&b) {
-                continue;
-            }
-            if best.is_none_or(|x| less_loaded(b, x)) {
+            let b = candidates[(start + i) % n];
+            if best.is_none_or(|x| less_loaded(b, x, &weight)) {
                 best = Some(b);
             }
         }
@@ -92,9 +93,9 @@ impl Balancer {
 
 /// Whether `a` carries less load per unit of weight than `b`, counting the connection
 /// about to be placed: (active_a + 1) / w_a < (active_b + 1) / w_b.
-fn less_loaded(a: &Backend, b: &Backend) -> bool {
-    let la = (a.active() as u64 + 1) * u64::from(b.weight());
-    let lb = (b.active() as u64 + 1) * u64::from(a.weight());
+fn less_loaded(a: &Backend, b: &Backend, weight: &impl Fn(&Backend) -> u64) -> bool {
+    let la = u128::from(a.active() as u64 + 1) * u128::from(weight(b));
+    let lb = u128::from(b.active() as u64 + 1) * u128::from(weight(a));
     la < lb
 }
 
@@ -102,25 +103,28 @@ fn less_loaded(a: &Backend, b: &Backend) -> bool {
 /// weight, keep the less loaded. Nearly as even as least_conn, with no shared cursor
 /// and no herd onto one "least loaded" backend when many pickers look at once.
 fn random_two(
-    backends: &[Arc<Backend>],
-    eligible: impl Fn(&&Arc<Backend>) -> bool,
+    candidates: &[&Arc<Backend>],
+    weight: impl Fn(&Backend) -> u64,
 ) -> Option<Arc<Backend>> {
-    let candidates: Vec<&Arc<Backend>> = backends.iter().filter(eligible).collect();
-    let first = weighted_draw(&candidates, None)?;
-    let Some(second) = weighted_draw(&candidates, Some(first)) else {
+    let first = weighted_draw(candidates, None, &weight)?;
+    let Some(second) = weighted_draw(candidates, Some(first), &weight) else {
         return Some(Arc::clone(candidates[first]));
     };
     let (a, b) = (candidates[first], candidates[second]);
-    Some(Arc::clone(if less_loaded(b, a) { b } else { a }))
+    Some(Arc::clone(if less_loaded(b, a, &weight) { b } else { a }))
 }
 
 /// Index of a candidate drawn with probability proportional to weight, skipping `skip`.
-fn weighted_draw(candidates: &[&Arc<Backend>], skip: Option<usize>) -> Option<usize> {
+fn weighted_draw(
+    candidates: &[&Arc<Backend>],
+    skip: Option<usize>,
+    weight: &impl Fn(&Backend) -> u64,
+) -> Option<usize> {
     let total: u64 = candidates
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != skip)
-        .map(|(_, b)| u64::from(b.weight()))
+        .map(|(_, b)| weight(b))
         .sum();
     if total == 0 {
         return None;
@@ -130,7 +134,7 @@ fn weighted_draw(candidates: &[&Arc<Backend>], skip: Option<usize>) -> Option<us
         if Some(i) == skip {
             continue;
         }
-        let w = u64::from(b.weight());
+        let w = weight(b);
         if r < w {
             return Some(i);
         }

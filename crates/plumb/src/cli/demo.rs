@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 const NAMES: [&str; 3] = ["origin-a", "origin-b", "origin-c"];
 
-pub fn run(listen: SocketAddr, balance: &str) -> anyhow::Result<ExitCode> {
+pub fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> anyhow::Result<ExitCode> {
     let rt = super::runtime(None)?;
     rt.block_on(async {
         let mut origins = Vec::new();
@@ -21,7 +21,7 @@ pub fn run(listen: SocketAddr, balance: &str) -> anyhow::Result<ExitCode> {
         }
         let backends: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr())).collect();
         let toml = format!(
-            "[runtime]\nshutdown_grace = \"2s\"\n\n[[listener]]\nname = \"demo\"\nlisten = \"{listen}\"\npool = \"origins\"\n\n[[pool]]\nname = \"origins\"\nbalance = \"{balance}\"\nbackends = [{}]\n",
+            "[runtime]\nshutdown_grace = \"2s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"demo\"\nlisten = \"{listen}\"\npool = \"origins\"\n\n[[pool]]\nname = \"origins\"\nbalance = \"{balance}\"\nbackends = [{}]\n",
             backends.join(", ")
         );
         let config = match plumb_config::parse(&toml) {
@@ -31,6 +31,10 @@ pub fn run(listen: SocketAddr, balance: &str) -> anyhow::Result<ExitCode> {
         let bound = plumb_core::bind_all(&config).with_context(|| {
             format!("is another program using {listen}? try `plumb demo --listen 127.0.0.1:0`")
         })?;
+        let admin_listener = TcpListener::bind(admin).await.with_context(|| {
+            format!("cannot listen on {admin} for the admin API; try `plumb demo --admin 127.0.0.1:0`")
+        })?;
+        let admin_addr = admin_listener.local_addr()?;
         let proxy = bound[0].local_addrs()[0];
         println!("plumb demo: three HTTP origins behind one plumb TCP listener ({balance})");
         println!();
@@ -38,13 +42,14 @@ pub fn run(listen: SocketAddr, balance: &str) -> anyhow::Result<ExitCode> {
         for o in &origins {
             println!("  {:<9} http://{}/", o.name(), o.addr());
         }
+        println!("  admin     http://{admin_addr}/api/v1/pools");
         println!();
         println!("Try:  for i in 1 2 3 4 5 6; do curl -s http://{proxy}/; done");
+        println!("      curl -X POST http://{admin_addr}/api/v1/pools/origins/backends/{}/drain", origins[0].addr());
         println!("Each request names the origin that answered. The access log (one JSON line");
-        println!("per connection) goes to stderr. The dashboard and metrics arrive with the");
-        println!("admin API; this version has none yet. Ctrl-C stops the demo.");
-        let server = Server::new(&config, AccessLog::stderr());
-        server.run(bound, super::shutdown_signal()).await?;
+        println!("per connection) goes to stderr. Ctrl-C stops the demo.");
+        let server = std::sync::Arc::new(Server::new(&config, AccessLog::stderr()));
+        super::serve::run_with_admin(server, bound, admin_listener, None, "demo".to_string()).await?;
         drop(origins);
         anyhow::Ok(())
     })?;

@@ -1,7 +1,6 @@
-use std::collections::HashMap;
-
 use super::*;
-use crate::pool::{ActiveGuard, BackendState};
+use crate::pool::ActiveGuard;
+use std::net::SocketAddr;
 
 fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
     weights
@@ -20,14 +19,22 @@ fn port(b: &Backend) -> u16 {
     b.addr().port() - 9000
 }
 
+fn w(b: &Backend) -> u64 {
+    u64::from(b.weight())
+}
+
+fn pick(bal: &Balancer, backends: &[Arc<Backend>]) -> Arc<Backend> {
+    let c: Vec<&Arc<Backend>> = backends.iter().collect();
+    bal.pick(&c, w).unwrap()
+}
+
 /// Picks `n` times, releasing each connection at once; returns picks per backend index.
 fn counts(kind: Balance, weights: &[u32], n: usize) -> Vec<usize> {
     let backends = pool(weights);
     let bal = Balancer::new(kind);
     let mut out = vec![0; weights.len()];
     for _ in 0..n {
-        let b = bal.pick(&backends, &[]).unwrap();
-        out[port(&b) as usize] += 1;
+        out[port(&pick(&bal, &backends)) as usize] += 1;
     }
     out
 }
@@ -44,9 +51,7 @@ fn round_robin_honours_weights_exactly_and_interleaves() {
     );
     let backends = pool(&[5, 1, 1]);
     let bal = Balancer::new(Balance::RoundRobin);
-    let seq: Vec<u16> = (0..7)
-        .map(|_| port(&bal.pick(&backends, &[]).unwrap()))
-        .collect();
+    let seq: Vec<u16> = (0..7).map(|_| port(&pick(&bal, &backends))).collect();
     // Smooth: the heavy backend is never picked more than twice in a row here.
     assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
 }
@@ -57,7 +62,7 @@ fn least_conn_fills_the_emptiest_backend_by_weight() {
     let bal = Balancer::new(Balance::LeastConn);
     // Hold every connection open: load must spread 1:1:2.
     let held: Vec<ActiveGuard> = (0..400)
-        .map(|_| ActiveGuard::new(bal.pick(&backends, &[]).unwrap()))
+        .map(|_| ActiveGuard::new(pick(&bal, &backends)))
         .collect();
     let active: Vec<usize> = backends.iter().map(|b| b.active()).collect();
     assert_eq!(active, vec![100, 100, 200]);
@@ -81,7 +86,7 @@ fn random_two_follows_weights_and_balances_load() {
     let backends = pool(&[3, 1]);
     let bal = Balancer::new(Balance::RandomTwo);
     let held: Vec<ActiveGuard> = (0..4000)
-        .map(|_| ActiveGuard::new(bal.pick(&backends, &[]).unwrap()))
+        .map(|_| ActiveGuard::new(pick(&bal, &backends)))
         .collect();
     let heavy = backends[0].active();
     assert!(
@@ -93,7 +98,7 @@ fn random_two_follows_weights_and_balances_load() {
     // stays tight (pure random would differ by about a hundred here).
     let backends = pool(&[1, 1, 1, 1]);
     let held: Vec<ActiveGuard> = (0..4000)
-        .map(|_| ActiveGuard::new(bal.pick(&backends, &[]).unwrap()))
+        .map(|_| ActiveGuard::new(pick(&bal, &backends)))
         .collect();
     let active: Vec<usize> = backends.iter().map(|b| b.active()).collect();
     let (min, max) = (active.iter().min().unwrap(), active.iter().max().unwrap());
@@ -105,30 +110,27 @@ fn random_two_follows_weights_and_balances_load() {
 }
 
 #[test]
-fn tried_and_unavailable_backends_are_skipped() {
+fn empty_candidates_pick_nothing() {
     for kind in [Balance::RoundRobin, Balance::LeastConn, Balance::RandomTwo] {
-        let backends = pool(&[1, 1, 1]);
-        let bal = Balancer::new(kind);
-        backends[1].set_state(BackendState::Draining);
-        let tried = [backends[0].addr()];
-        let mut seen = HashMap::new();
-        for _ in 0..50 {
-            let b = bal.pick(&backends, &tried).unwrap();
-            *seen.entry(port(&b)).or_insert(0) += 1;
-        }
-        assert_eq!(
-            seen.keys().copied().collect::<Vec<_>>(),
-            vec![2],
-            "{kind:?}"
-        );
-        let all = [backends[0].addr(), backends[2].addr()];
-        assert!(bal.pick(&backends, &all).is_none(), "{kind:?}");
+        assert!(Balancer::new(kind).pick(&[], w).is_none());
     }
 }
 
 #[test]
-fn empty_pool_picks_nothing() {
-    for kind in [Balance::RoundRobin, Balance::LeastConn, Balance::RandomTwo] {
-        assert!(Balancer::new(kind).pick(&[], &[]).is_none());
-    }
+fn slow_start_ramps_effective_weight() {
+    let b = Backend::new(SocketAddr::from(([127, 0, 0, 1], 1)), 10);
+    assert_eq!(b.effective_weight(0, 10_000), 1000);
+    b.begin_ramp(1000);
+    assert_eq!(
+        b.effective_weight(1000, 10_000),
+        100,
+        "a tenth at the start"
+    );
+    assert_eq!(b.effective_weight(6000, 10_000), 550, "halfway: 10% + 45%");
+    assert_eq!(b.effective_weight(11_000, 10_000), 1000, "full at the end");
+    assert_eq!(
+        b.effective_weight(11_001, 10_000),
+        1000,
+        "and the ramp is over"
+    );
 }

@@ -1,0 +1,99 @@
+//! The admin API's JSON shapes: boundary types, the only serde in this crate.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize)]
+pub(crate) struct Status {
+    pub version: &'static str,
+    pub uptime_s: f64,
+    pub config_checksum: String,
+    pub listeners: Vec<ListenerStatus>,
+    pub connections: usize,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ListenerStatus {
+    pub name: String,
+    pub listen: Vec<String>,
+    pub protocol: &'static str,
+    pub pool: String,
+    pub max_connections: Option<usize>,
+    pub accepted: u64,
+    pub refused: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct PoolView {
+    pub name: String,
+    pub balance: &'static str,
+    pub health_checks: Option<&'static str>,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BackendView {
+    pub address: String,
+    pub weight: u32,
+    pub state: &'static str,
+    /// Why it is in that state, in words.
+    pub reason: Option<String>,
+    pub last_check: Option<CheckView>,
+    pub active_connections: usize,
+    pub connections: u64,
+    pub consecutive_failures: u32,
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+    pub drain: Option<DrainView>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct CheckView {
+    pub ok: bool,
+    pub reason: String,
+    pub age_ms: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DrainView {
+    pub remaining_ms: u64,
+    pub deregister: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ConnView {
+    pub id: u64,
+    pub listener: String,
+    pub pool: String,
+    pub client: String,
+    pub backend: Option<String>,
+    pub age_ms: u64,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub state: &'static str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub detail: &'a str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Done {
+    pub pool: String,
+    pub backend: String,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterBody {
+    pub weight: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DrainBody {
+    pub timeout: Option<String>,
+}
