@@ -286,10 +286,15 @@ pub struct PoolTimeouts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpOptions {
     /// TCP keepalive: finds a peer that vanished while the connection was idle.
-    /// Default idle 60 s, interval 10 s, 6 probes. `keepalive_idle = "0s"` turns it off.
+    /// Default idle 30 s, interval 10 s, 3 probes: a silent peer is found about 60 s
+    /// after the last byte. `keepalive_idle = "0s"` turns it off.
     pub keepalive: Option<TcpKeepalive>,
     /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
-    /// gives up. Default 30 s. `"0s"` leaves the kernel default (about 15 minutes).
+    /// gives up. Default 60 s. `"0s"` leaves the kernel default (about 15 minutes).
+    /// Linux also applies it to keepalive: once it has passed since the last byte
+    /// received, the first unanswered probe ends the connection. So it should be at
+    /// least `keepalive_idle + keepalive_interval x keepalive_count`, or
+    /// `keepalive_count` stops mattering; the defaults are exactly that.
     pub user_timeout: Option<Duration>,
     /// `TCP_MAXSEG` clamp on the MSS advertised in the handshake. Default unset.
     pub mss: Option<u32>,
@@ -310,11 +315,11 @@ impl Default for TcpOptions {
     fn default() -> Self {
         TcpOptions {
             keepalive: Some(TcpKeepalive {
-                idle: Duration::from_secs(60),
+                idle: Duration::from_secs(30),
                 interval: Duration::from_secs(10),
-                count: 6,
+                count: 3,
             }),
-            user_timeout: Some(Duration::from_secs(30)),
+            user_timeout: Some(Duration::from_secs(60)),
             mss: None,
         }
     }

@@ -35,7 +35,7 @@ fn minimal_config_gets_safe_defaults() {
     assert_eq!(p.timeouts.connect, Duration::from_secs(3));
     assert_eq!(p.connect_attempts, 3);
     assert_eq!(p.backends[0].weight, 1);
-    assert_eq!(p.tcp.user_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(p.tcp.user_timeout, Some(Duration::from_secs(60)));
     assert!(p.tcp.keepalive.is_some());
     let l = &c.listeners[0];
     assert_eq!(l.backlog, 4096);
@@ -107,10 +107,49 @@ fn unknown_keys_anywhere_are_reported() {
 }
 
 #[test]
+fn a_wrong_table_shape_does_not_hide_other_errors() {
+    check(
+        "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\ntimeouts = \"3s\"\nbogus = 1\nbackends = [\"nope\"]\n",
+        &[
+            r#"pool[0].timeouts: expected a table, found "3s""#,
+            "pool[0].bogus: unknown key",
+            r#"pool[0].backends[0]: "nope" is not an address (expected IP:port, such as "127.0.0.1:8080" or "[::1]:8080")"#,
+        ],
+    );
+    check(
+        "listener = 3\n",
+        &[
+            "listener: expected [[listener]] entries (an array of tables)",
+            "listener: at least one [[listener]] is required",
+        ],
+    );
+}
+
+#[test]
+fn absurd_durations_are_refused() {
+    let text = format!(
+        "{MINIMAL}[pool.timeouts]\ntunnel_idle = \"18446744073709551615s\"\nconnect = \"9000h\"\n"
+    );
+    check(
+        &text,
+        &[
+            r#"pool[0].timeouts.connect: "9000h" is too long (at most 365 days)"#,
+            r#"pool[0].timeouts.tunnel_idle: "18446744073709551615s" is too long (at most 365 days)"#,
+        ],
+    );
+}
+
+#[test]
 fn wrong_table_shape_is_reported_with_path() {
     check(
         "[[listener]]\nname = \"a\"\n[[pool]]\ntimeouts = 3\n",
-        &["pool[0].timeouts: invalid type: integer `3`, expected struct PoolTimeouts"],
+        &[
+            "pool[0].timeouts: expected a table, found 3",
+            "pool[0].name: missing",
+            "pool[0].backends: missing (a list of backend addresses)",
+            r#"listener[0].listen: missing (an address such as "127.0.0.1:8080")"#,
+            "listener[0].pool: missing (the name of a [[pool]])",
+        ],
     );
 }
 
@@ -310,6 +349,8 @@ fn backend_lifecycle_settings() {
 fn admin_off_loopback_needs_a_token() {
     let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
     check(&text, &["admin.listen: 0.0.0.0:9901 is not a loopback address: the admin API can drain and deregister backends, so binding it elsewhere requires admin.token_file"]);
-    let ok = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_file = \"/etc/plumb/token\"\n");
+    let ok = format!(
+        "{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_file = \"/etc/plumb/token\"\n"
+    );
     assert!(parse(&ok).is_ok());
 }

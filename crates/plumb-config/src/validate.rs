@@ -50,11 +50,12 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 pub(crate) fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let table: toml::Table = match text.parse() {
+    let mut table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => return Err(ConfigErrors(vec![syntax_error(text, &e)])),
     };
     let mut errors = Vec::new();
+    check_shapes(&mut table, &mut errors);
     let mut unknown = Vec::new();
     let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
     let de = serde_ignored::Deserializer::new(Value::Table(table), &mut on_unknown);
@@ -64,7 +65,8 @@ pub(crate) fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Err(e) => {
             let path = error_path(e.path());
             let message = e.into_inner().message().to_string();
-            return Err(ConfigErrors(vec![ConfigError { path, message }]));
+            errors.push(ConfigError { path, message });
+            return Err(ConfigErrors(errors));
         }
     };
     for path in unknown {
@@ -79,6 +81,54 @@ pub(crate) fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Ok(config)
     } else {
         Err(ConfigErrors(v.errors))
+    }
+}
+
+/// Tables that must be tables, checked before serde sees the file: a wrong shape is
+/// reported and removed, so one misplaced value does not hide every other error.
+fn check_shapes(root: &mut toml::Table, errors: &mut Vec<ConfigError>) {
+    fn expect_table(t: &mut toml::Table, key: &str, path: &str, errors: &mut Vec<ConfigError>) {
+        if let Some(v) = t.get(key) {
+            if !v.is_table() {
+                errors.push(ConfigError {
+                    path: path.to_string(),
+                    message: format!("expected a table, found {}", show(v)),
+                });
+                t.remove(key);
+            }
+        }
+    }
+    expect_table(root, "runtime", "runtime", errors);
+    expect_table(root, "admin", "admin", errors);
+    for (key, subtables) in [
+        ("listener", &["tcp", "timeouts"][..]),
+        (
+            "pool",
+            &["timeouts", "tcp", "health", "drain", "upstream", "passive"][..],
+        ),
+    ] {
+        let ok = match root.get(key) {
+            None => continue,
+            Some(Value::Array(items)) => items.iter().all(Value::is_table),
+            Some(_) => false,
+        };
+        if !ok {
+            errors.push(ConfigError {
+                path: key.to_string(),
+                message: format!("expected [[{key}]] entries (an array of tables)"),
+            });
+            root.remove(key);
+            continue;
+        }
+        if let Some(Value::Array(items)) = root.get_mut(key) {
+            for (i, item) in items.iter_mut().enumerate() {
+                if let Value::Table(t) = item {
+                    for sub in subtables {
+                        expect_table(t, sub, &format!("{key}[{i}].{sub}"), errors);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -142,6 +192,10 @@ fn show(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// The longest duration any setting accepts: long enough for any timer, short enough
+/// that adding it to "now" can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 struct Validator {
     errors: Vec<ConfigError>,
@@ -351,7 +405,7 @@ impl Validator {
         let tcp = self.tcp(l.tcp.as_ref(), &format!("{path}.tcp"));
         let mut header_read = DEFAULT_HEADER_READ;
         if let Some(t) = &l.timeouts {
-            header_read = self.duration_or(
+            header_read = self.positive_duration_or(
                 t.header_read.as_ref(),
                 &format!("{path}.timeouts.header_read"),
                 DEFAULT_HEADER_READ,
@@ -815,9 +869,9 @@ impl Validator {
         let mut out = TcpOptions::default();
         let Some(t) = t else { return out };
         let ka = out.keepalive.unwrap_or(TcpKeepalive {
-            idle: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
             interval: Duration::from_secs(10),
-            count: 6,
+            count: 3,
         });
         let idle = self.duration_or(
             t.keepalive_idle.as_ref(),
@@ -958,6 +1012,10 @@ impl Validator {
             _ => None,
         };
         match parsed {
+            Some(d) if d > MAX_DURATION => {
+                self.err(path, format!("{} is too long (at most 365 days)", show(v)));
+                default
+            }
             Some(d) => d,
             None => {
                 self.err(

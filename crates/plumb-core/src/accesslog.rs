@@ -1,29 +1,33 @@
 //! The access log: one JSON object per line, one line per client connection, written
 //! when the connection ends. Its fields are a contract (docs/access-log.md).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::cause::Cause;
 
-/// Where access-log lines go.
+/// Where access-log lines go. Lines are handed to a writer thread through a bounded
+/// queue, so a slow disk or a full stderr pipe never blocks a connection task (or the
+/// accept loop); when the queue is full the line is dropped and counted.
 #[derive(Debug)]
 pub struct AccessLog {
-    sink: Sink,
+    queue: Option<SyncSender<Vec<u8>>>,
+    dropped: AtomicU64,
+    queued: AtomicU64,
+    /// Lines the writer thread has written out (and flushed).
+    written: Arc<AtomicU64>,
 }
 
-#[derive(Debug)]
-enum Sink {
-    Off,
-    Stderr,
-    File(Mutex<File>),
-}
+/// Lines the writer thread may be behind by before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
 
 /// How a connection ended: a normal close, or a [`Cause`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,25 @@ pub enum End {
 }
 
 impl End {
+    /// How many distinct ends there are.
+    pub const COUNT: usize = 2 + Cause::ALL.len();
+
+    /// Every end, in index order.
+    pub fn all() -> impl Iterator<Item = End> {
+        [End::ClientClosed, End::UpstreamClosed]
+            .into_iter()
+            .chain(Cause::ALL.iter().map(|c| End::Failed(*c)))
+    }
+
+    /// A dense index, for counters.
+    pub fn index(self) -> usize {
+        match self {
+            End::ClientClosed => 0,
+            End::UpstreamClosed => 1,
+            End::Failed(c) => 2 + c.index(),
+        }
+    }
+
     /// The `end` field: `client_closed`, `upstream_closed` or a cause.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -125,28 +148,80 @@ fn ms(d: Duration) -> f64 {
 impl AccessLog {
     /// No access log.
     pub fn off() -> AccessLog {
-        AccessLog { sink: Sink::Off }
+        AccessLog {
+            queue: None,
+            dropped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            written: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Lines go to standard error.
     pub fn stderr() -> AccessLog {
-        AccessLog { sink: Sink::Stderr }
+        Self::spawn(Box::new(io::stderr()))
     }
 
     /// Lines are appended to `path`, which is created if needed.
     pub fn file(path: &Path) -> io::Result<AccessLog> {
         let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(AccessLog {
-            sink: Sink::File(Mutex::new(f)),
-        })
+        Ok(Self::spawn(Box::new(f)))
     }
 
-    /// Writes one line. A failing sink is reported through tracing and otherwise
-    /// ignored: losing a log line must never break a connection.
-    pub fn write(&self, r: &Record<'_>) {
-        if matches!(self.sink, Sink::Off) {
-            return;
+    fn spawn(out: Box<dyn Write + Send>) -> AccessLog {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
+        let written = Arc::new(AtomicU64::new(0));
+        let done = Arc::clone(&written);
+        let spawned = std::thread::Builder::new()
+            .name("plumb-access-log".to_string())
+            .spawn(move || {
+                let mut out = BufWriter::with_capacity(64 * 1024, out);
+                while let Ok(line) = rx.recv() {
+                    let mut result = out.write_all(&line);
+                    let mut n = 1;
+                    // Write out whatever else is queued, then flush once.
+                    while let Ok(line) = rx.try_recv() {
+                        result = result.and_then(|()| out.write_all(&line));
+                        n += 1;
+                    }
+                    if let Err(e) = result.and_then(|()| out.flush()) {
+                        tracing::warn!(error = %e, "cannot write access log");
+                    }
+                    done.fetch_add(n, Ordering::Release);
+                }
+            });
+        match spawned {
+            Ok(_) => AccessLog {
+                queue: Some(tx),
+                dropped: AtomicU64::new(0),
+                queued: AtomicU64::new(0),
+                written,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access log writer; access log off");
+                Self::off()
+            }
         }
+    }
+
+    /// Waits (up to `limit`) until every queued line is written out.
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.written.load(Ordering::Acquire) < self.queued.load(Ordering::Relaxed)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Lines dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues one line. Losing a log line must never break or slow a connection: when
+    /// the writer is behind, the line is dropped and counted.
+    pub fn write(&self, r: &Record<'_>) {
+        let Some(queue) = &self.queue else { return };
         let line = Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             kind: "tcp",
@@ -179,13 +254,13 @@ impl AccessLog {
             }
         };
         buf.push(b'\n');
-        let result = match &self.sink {
-            Sink::Off => Ok(()),
-            Sink::Stderr => io::stderr().lock().write_all(&buf),
-            Sink::File(f) => f.lock().unwrap_or_else(|p| p.into_inner()).write_all(&buf),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot write access log line");
+        match queue.try_send(buf) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -82,6 +82,11 @@ impl Cause {
         Cause::Shutdown,
     ];
 
+    /// Position in [`Cause::ALL`], for counters.
+    pub fn index(self) -> usize {
+        Cause::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+
     /// The name used in headers, logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

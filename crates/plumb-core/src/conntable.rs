@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -65,7 +65,7 @@ pub struct Conn {
     pool: Arc<str>,
     client: SocketAddr,
     started: Instant,
-    backend: OnceLock<SocketAddr>,
+    backend: Mutex<Option<SocketAddr>>,
     from_client: AtomicU64,
     to_client: AtomicU64,
     state: AtomicU8,
@@ -93,9 +93,9 @@ impl Conn {
     pub fn client(&self) -> SocketAddr {
         self.client
     }
-    /// The backend, once connected.
+    /// The backend being connected to, or carrying the connection.
     pub fn backend(&self) -> Option<SocketAddr> {
-        self.backend.get().copied()
+        *self.backend.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// How long ago it was accepted.
     pub fn age(&self) -> Duration {
@@ -132,17 +132,18 @@ impl Conn {
         };
         self.state.store(v, Ordering::Relaxed);
     }
-    pub(crate) fn set_backend(&self, addr: SocketAddr) {
-        let _ = self.backend.set(addr);
+    pub(crate) fn set_backend(&self, addr: Option<SocketAddr>) {
+        *self.backend.lock().unwrap_or_else(|p| p.into_inner()) = addr;
     }
-    /// Records `n` bytes moved from `from` to the other side.
+    /// Records `n` bytes written on from `from` to the other side.
     pub(crate) fn moved(&self, from: Side, n: usize) {
         let counter = match from {
             Side::Client => &self.from_client,
             Side::Upstream => &self.to_client,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
-        self.touch(from);
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
     }
     /// Records activity from `from` (a read, before its bytes are written on).
     pub(crate) fn touch(&self, from: Side) {
@@ -212,7 +213,7 @@ impl ConnTable {
             pool,
             client,
             started: Instant::now(),
-            backend: OnceLock::new(),
+            backend: Mutex::new(None),
             from_client: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
             state: AtomicU8::new(0),

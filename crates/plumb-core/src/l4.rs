@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::accesslog::{Attempt, End, Record};
 use crate::cause::{Cause, Side};
-use crate::conntable::{CloseHow, CloseOrder, ConnState};
+use crate::conntable::{CloseHow, CloseOrder, Conn, ConnState};
 use crate::listener::ListenerCtx;
 use crate::pool::ActiveGuard;
 use crate::proxy_protocol::{self, ProxyHeaderError};
@@ -39,9 +39,14 @@ pub(crate) async fn serve(
     local: SocketAddr,
 ) {
     let started = Instant::now();
-    let span = tracing::debug_span!("conn", listener = %ctx.name, client.addr = %peer, pool = %ctx.pool.name());
+    let span = tracing::debug_span!(
+        "conn",
+        listener = %ctx.name,
+        client.addr = %peer,
+        pool = %ctx.pool.name(),
+        backend.addr = tracing::field::Empty,
+    );
     async move {
-        sockopt::apply_established(&client, &ctx.settings.tcp);
         let (reg, mut orders) =
             ctx.shared
                 .conns
@@ -93,45 +98,29 @@ pub(crate) async fn serve(
         }
 
         // 2. A backend.
-        let upstream = match connect_with_retries(&ctx, &mut record, &mut orders).await {
-            Some(u) => u,
-            None => {
-                sockopt::arm_reset(&client);
-                return finish(&ctx, &reg, record, started);
-            }
-        };
+        let upstream =
+            match connect_with_retries(&ctx, &client, reg.conn(), &mut record, &mut orders).await {
+                Some(u) => u,
+                None => {
+                    sockopt::arm_reset(&client);
+                    return finish(&ctx, &reg, record, started);
+                }
+            };
         let (mut upstream, active) = upstream;
         let conn = reg.conn();
-        conn.set_backend(record.backend.unwrap_or(peer));
         tracing::Span::current().record(
             "backend.addr",
-            tracing::field::display(
-                upstream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-            ),
+            tracing::field::display(active.backend().addr()),
         );
         if let Some(version) = ctx.pool.settings().send_proxy {
+            // A fresh socket's send buffer always has room for a header of at most a
+            // few hundred bytes, so this write completes at once or fails at once.
             let header = proxy_protocol::build_header(version, record.client_addr, destination);
-            let write = tokio::time::timeout(
-                ctx.pool.settings().timeouts.connect,
-                upstream.write_all(&header),
-            )
-            .await;
-            let err = match write {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some((Cause::of_io_error(&e, Side::Upstream), e.to_string())),
-                Err(_) => Some((
-                    Cause::UpstreamTcpTimeout,
-                    "PROXY header not written in time".to_string(),
-                )),
-            };
-            if let Some((cause, e)) = err {
+            if let Err(e) = upstream.write_all(&header).await {
                 sockopt::arm_reset(&client);
                 sockopt::arm_reset(&upstream);
-                record.end = End::Failed(cause);
-                record.error = Some(e);
+                record.end = End::Failed(Cause::of_io_error(&e, Side::Upstream));
+                record.error = Some(e.to_string());
                 return finish(&ctx, &reg, record, started);
             }
         }
@@ -164,22 +153,12 @@ pub(crate) async fn serve(
                 record.end = End::Failed(cause);
                 record.error = Some(error.to_string());
             }
-            Outcome::Idle { cause } => {
-                sockopt::send_fin(&client);
-                sockopt::send_fin(&upstream);
+            Outcome::Idle { cause, pending } => {
+                close_both(&client, &upstream, CloseHow::Fin, pending);
                 record.end = End::Failed(cause);
             }
-            Outcome::Ordered(order) => {
-                match order.how {
-                    CloseHow::Reset => {
-                        sockopt::arm_reset(&client);
-                        sockopt::arm_reset(&upstream);
-                    }
-                    CloseHow::Fin => {
-                        sockopt::send_fin(&client);
-                        sockopt::send_fin(&upstream);
-                    }
-                }
+            Outcome::Ordered { order, pending } => {
+                close_both(&client, &upstream, order.how, pending);
                 record.end = End::Failed(order.cause);
             }
         }
@@ -190,6 +169,19 @@ pub(crate) async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// Closes both legs when plumb ends a connection itself. FIN only when asked for and
+/// nothing is held in a pump: a FIN after dropped bytes would pass off a truncated
+/// stream as a complete one, so then it is RST.
+fn close_both(client: &TcpStream, upstream: &TcpStream, how: CloseHow, pending: bool) {
+    if how == CloseHow::Fin && !pending {
+        sockopt::send_fin(client);
+        sockopt::send_fin(upstream);
+    } else {
+        sockopt::arm_reset(client);
+        sockopt::arm_reset(upstream);
+    }
 }
 
 /// What the access log needs beyond the connection table's counters.
@@ -206,6 +198,8 @@ struct Finish {
 /// says why.
 async fn connect_with_retries(
     ctx: &ListenerCtx,
+    client: &TcpStream,
+    conn: &Conn,
     record: &mut Finish,
     orders: &mut watch::Receiver<Option<CloseOrder>>,
 ) -> Option<(TcpStream, ActiveGuard)> {
@@ -226,6 +220,9 @@ async fn connect_with_retries(
             }
         };
         let addr = guard.backend().addr();
+        // In the table from the pick on, so a drain or mark-down reaches a connection
+        // that is still connecting.
+        conn.set_backend(Some(addr));
         tried.push(addr);
         record.attempts += 1;
         let t0 = Instant::now();
@@ -236,14 +233,24 @@ async fn connect_with_retries(
                 record.end = End::Failed(order.cause);
                 return None;
             }
+            // The client gave up meanwhile: stop here rather than open a backend
+            // connection nobody will use. Nothing is read from the client.
+            e = client_error(client) => {
+                conn.set_backend(None);
+                record.end = End::Failed(Cause::of_io_error(&e, Side::Client));
+                record.error = Some(e.to_string());
+                return None;
+            }
         };
         match result {
             Ok(stream) => {
                 pool.report_success(guard.backend());
                 record.backend = Some(addr);
+                record.error = None;
                 return Some((stream, guard));
             }
             Err(e) => {
+                conn.set_backend(None);
                 tracing::debug!(backend.addr = %addr, cause = %e.cause, error = %e.source, "connect attempt failed");
                 pool.report_failure(guard.backend(), e.cause);
                 last_cause = e.cause;
@@ -260,15 +267,27 @@ async fn connect_with_retries(
     None
 }
 
-/// Resolves when a close order arrives (never, if the sender is gone).
+/// Resolves when a close order arrives.
 async fn wait_order(orders: &mut watch::Receiver<Option<CloseOrder>>) -> CloseOrder {
     loop {
         if let Some(order) = *orders.borrow_and_update() {
             return order;
         }
         if orders.changed().await.is_err() {
+            // The sender lives in the table entry the task holds: unreachable.
             return std::future::pending().await;
         }
+    }
+}
+
+/// Resolves once the client's socket has an error (it reset), reading nothing.
+async fn client_error(client: &TcpStream) -> std::io::Error {
+    match client.ready(tokio::io::Interest::ERROR).await {
+        Ok(_) => match plumb_sys::take_error(client) {
+            Ok(Some(e)) => e,
+            _ => std::io::ErrorKind::ConnectionReset.into(),
+        },
+        Err(e) => e,
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -94,6 +94,9 @@ fn bind_one(
     }
     // The MSS clamp on a listening socket sets the MSS advertised in every SYN-ACK.
     sockopt::apply_before_handshake(&socket, tcp)?;
+    // Linux copies TCP_NODELAY, keepalive and TCP_USER_TIMEOUT from the listening
+    // socket to every accepted one: set them once here, not per connection.
+    sockopt::apply_established(&socket, tcp);
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
@@ -105,7 +108,11 @@ fn bind_one(
 pub struct ListenerStats {
     accepted: AtomicU64,
     refused: AtomicU64,
-    ends: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections ended, indexed by [`End::index`].
+    ends: [AtomicU64; End::COUNT],
+    /// Second (on the server's clock, plus one) of the last "refused" warning, to log
+    /// at most one a second during a flood.
+    last_refusal_warning: AtomicU64,
 }
 
 impl ListenerStats {
@@ -119,15 +126,15 @@ impl ListenerStats {
     }
     /// Connections ended, by `end` (`client_closed`, `upstream_closed` or a cause).
     pub fn ends(&self) -> BTreeMap<&'static str, u64> {
-        self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        End::all()
+            .filter_map(|e| {
+                let n = self.ends[e.index()].load(Ordering::Relaxed);
+                (n > 0).then_some((e.as_str(), n))
+            })
+            .collect()
     }
     pub(crate) fn ended(&self, end: End) {
-        *self
-            .ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(end.as_str())
-            .or_default() += 1;
+        self.ends[end.index()].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -209,7 +216,21 @@ fn refuse(ctx: &ListenerCtx, stream: tokio::net::TcpStream, peer: SocketAddr) {
     ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
     let end = End::Failed(Cause::ListenerConnectionLimit);
     ctx.stats.ended(end);
-    tracing::warn!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ListenerConnectionLimit, "connection refused");
+    // One warning a second at most: this runs in the accept loop, during a flood.
+    let now_s = ctx.shared.started.elapsed().as_secs() + 1;
+    let last = ctx
+        .stats
+        .last_refusal_warning
+        .swap(now_s, Ordering::Relaxed);
+    if last != now_s {
+        tracing::warn!(
+            listener = %ctx.name,
+            client.addr = %peer,
+            cause = %Cause::ListenerConnectionLimit,
+            refused_total = ctx.stats.refused(),
+            "connection refused at max_connections (logged at most once a second)"
+        );
+    }
     ctx.shared.access_log.write(&Record {
         listener: &ctx.name,
         pool: ctx.pool.name(),

@@ -97,9 +97,16 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<ProxyHeader,
         r.read_exact(&mut b).await?;
         buf.push(b[0]);
     }
-    let text = std::str::from_utf8(&buf)
-        .map_err(|_| ProxyHeaderError::Malformed("v1 header is not ASCII".to_string()))?;
-    let h = v1::Header::try_from(text).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
+    // Only printable ASCII and single spaces before the final CRLF: anything else is
+    // malformed, and checked here so the parser never sees it.
+    let body = &buf[..buf.len() - 2];
+    if !body.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return Err(ProxyHeaderError::Malformed(
+            "v1 header has a byte that is not printable ASCII".to_string(),
+        ));
+    }
+    let h =
+        v1::Header::try_from(&buf[..]).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
     Ok(match h.addresses {
         v1::Addresses::Tcp4(a) => ProxyHeader {
             source: Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
@@ -161,6 +168,18 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes after a PROXY signature: an error or a header, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..300), v2 in any::<bool>()) {
+            let mut bytes = if v2 { V2_SIGNATURE.to_vec() } else { b"PROXY ".to_vec() };
+            bytes.extend_from_slice(&tail);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = rt.block_on(async { let mut r = &bytes[..]; read_header(&mut r).await });
+        }
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -202,6 +221,12 @@ mod tests {
             let mut r = bad;
             assert!(read_header(&mut r).await.is_err(), "{bad:?}");
         }
+        // A CR inside the header, then a non-ASCII byte: once a panic inside the parser.
+        let mut r = &b"PROXY \r\xc3\xa9 TCP4 1.2.3.4 5.6.7.8 1 2\r\n"[..];
+        assert!(matches!(
+            read_header(&mut r).await,
+            Err(ProxyHeaderError::Malformed(_))
+        ));
         let mut long = b"PROXY ".to_vec();
         long.extend(std::iter::repeat_n(b'1', 200));
         let mut r = &long[..];

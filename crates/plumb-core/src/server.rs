@@ -23,6 +23,7 @@ use crate::pool::Pool;
 /// What every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    pub(crate) started: tokio::time::Instant,
     pub(crate) conns: Arc<ConnTable>,
     pub(crate) access_log: AccessLog,
     pub(crate) tasks: TaskTracker,
@@ -58,6 +59,7 @@ impl Server {
         Server {
             config: config.clone(),
             shared: Arc::new(Shared {
+                started: tokio::time::Instant::now(),
                 conns,
                 access_log,
                 tasks: TaskTracker::new(),
@@ -185,6 +187,7 @@ impl Server {
                 );
             }
         }
+        self.shared.access_log.flush(Duration::from_secs(2)).await;
         tracing::info!("stopped");
         Ok(())
     }

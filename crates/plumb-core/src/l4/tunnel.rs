@@ -5,11 +5,13 @@
 //! to the destination (waiting while the destination's buffer is full, which is how
 //! back-pressure reaches the sender), repeat. A pump that reads EOF half-closes its
 //! destination (FIN) and stops; the other direction goes on. A read error is the
-//! source's failure, a write error the destination's. The pumps borrow the sockets
-//! (`&TcpStream`), so when the tunnel returns, its caller still owns both and decides
-//! how to close them (FIN, or RST via `SO_LINGER` 0).
+//! source's failure, a write error the destination's. While a pump waits to write, it
+//! also watches its source for an error, so an RST is passed on even when the other
+//! side has stopped reading. The pumps borrow the sockets (`&TcpStream`), so when the
+//! tunnel returns, its caller still owns both and decides how to close them.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -45,9 +47,17 @@ pub enum Outcome {
     Idle {
         /// `client_idle_timeout` or `upstream_idle_timeout`: whoever owed the next byte.
         cause: Cause,
+        /// Whether a pump held bytes it had not yet written on: closing with FIN would
+        /// then pass off a truncated stream as a complete one.
+        pending: bool,
     },
     /// Told to close from outside (drain, shutdown).
-    Ordered(CloseOrder),
+    Ordered {
+        /// The order.
+        order: CloseOrder,
+        /// As for `Idle`.
+        pending: bool,
+    },
 }
 
 enum PumpEnd {
@@ -64,13 +74,15 @@ pub(crate) async fn run(
     idle: Duration,
     orders: &mut watch::Receiver<Option<CloseOrder>>,
 ) -> Outcome {
-    let c2u = pump(client, upstream, Side::Client, conn);
-    let u2c = pump(upstream, client, Side::Upstream, conn);
+    let c2u_pending = AtomicBool::new(false);
+    let u2c_pending = AtomicBool::new(false);
+    let c2u = pump(client, upstream, Side::Client, conn, &c2u_pending);
+    let u2c = pump(upstream, client, Side::Upstream, conn, &u2c_pending);
     tokio::pin!(c2u, u2c);
+    let pending = || c2u_pending.load(Ordering::Relaxed) || u2c_pending.load(Ordering::Relaxed);
     let mut client_done = false;
     let mut upstream_done = false;
     let mut first: Option<Side> = None;
-    let mut orders_open = true;
     let idle_timer = tokio::time::sleep_until(conn.last_activity() + idle);
     tokio::pin!(idle_timer);
 
@@ -96,10 +108,10 @@ pub(crate) async fn run(
             },
             // A side that already sent FIN is no longer read; watch it for an RST so
             // the other side learns of it at once rather than at its next write.
-            e = reset_after_fin(client), if client_done && !upstream_done => {
+            e = socket_error(client), if client_done && !upstream_done => {
                 return broken(Side::Client, e);
             }
-            e = reset_after_fin(upstream), if upstream_done && !client_done => {
+            e = socket_error(upstream), if upstream_done && !client_done => {
                 return broken(Side::Upstream, e);
             }
             () = &mut idle_timer => {
@@ -110,15 +122,15 @@ pub(crate) async fn run(
                         Some(Side::Client) => Cause::UpstreamIdleTimeout,
                         _ => Cause::ClientIdleTimeout,
                     };
-                    return Outcome::Idle { cause };
+                    return Outcome::Idle { cause, pending: pending() };
                 }
                 idle_timer.as_mut().reset(deadline);
             }
-            changed = orders.changed(), if orders_open => {
-                if changed.is_err() {
-                    orders_open = false;
-                } else if let Some(order) = *orders.borrow_and_update() {
-                    return Outcome::Ordered(order);
+            // The sender lives in the connection table entry this task holds, so
+            // `changed` only fails if the entry is gone, which cannot happen here.
+            Ok(()) = orders.changed() => {
+                if let Some(order) = *orders.borrow_and_update() {
+                    return Outcome::Ordered { order, pending: pending() };
                 }
             }
         }
@@ -138,7 +150,13 @@ fn broken(side: Side, error: io::Error) -> Outcome {
     }
 }
 
-async fn pump(src: &TcpStream, dst: &TcpStream, from: Side, conn: &Conn) -> PumpEnd {
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    from: Side,
+    conn: &Conn,
+    pending: &AtomicBool,
+) -> PumpEnd {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         if let Err(e) = src.readable().await {
@@ -158,35 +176,43 @@ async fn pump(src: &TcpStream, dst: &TcpStream, from: Side, conn: &Conn) -> Pump
             Err(e) => return PumpEnd::ReadFailed(e),
         };
         conn.touch(from);
+        pending.store(true, Ordering::Relaxed);
         let mut off = 0;
         while off < n {
-            if let Err(e) = dst.writable().await {
-                return PumpEnd::WriteFailed(e);
+            // Wait for room in the destination, but give up at once if the source
+            // fails meanwhile: its RST must reach the other side now, not whenever
+            // the destination reads again.
+            tokio::select! {
+                biased;
+                r = dst.writable() => if let Err(e) = r {
+                    return PumpEnd::WriteFailed(e);
+                },
+                e = socket_error(src) => return PumpEnd::ReadFailed(e),
             }
             match dst.try_write(&buf[off..n]) {
                 Ok(0) => return PumpEnd::WriteFailed(io::ErrorKind::WriteZero.into()),
-                Ok(k) => off += k,
+                Ok(k) => {
+                    off += k;
+                    conn.moved(from, k);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return PumpEnd::WriteFailed(e),
             }
         }
-        conn.moved(from, n);
+        pending.store(false, Ordering::Relaxed);
     }
 }
 
-/// Resolves with the socket's error once it has one (an RST arrived).
-async fn reset_after_fin(s: &TcpStream) -> io::Error {
-    loop {
-        match s.ready(Interest::ERROR).await {
-            Ok(ready) if ready.is_error() => {
-                return match plumb_sys::take_error(s) {
-                    Ok(Some(e)) => e,
-                    _ => io::ErrorKind::ConnectionReset.into(),
-                };
-            }
-            Ok(_) => tokio::task::yield_now().await,
-            Err(e) => return e,
-        }
+/// Resolves with the socket's error once it has one (an RST arrived, or the kernel
+/// gave up on the peer). tokio wakes `ERROR` waiters only when the error bit is set,
+/// and nothing clears it, so this does not spin.
+async fn socket_error(s: &TcpStream) -> io::Error {
+    match s.ready(Interest::ERROR).await {
+        Ok(_) => match plumb_sys::take_error(s) {
+            Ok(Some(e)) => e,
+            _ => io::ErrorKind::ConnectionReset.into(),
+        },
+        Err(e) => e,
     }
 }
