@@ -354,3 +354,17 @@ fn admin_off_loopback_needs_a_token() {
     );
     assert!(parse(&ok).is_ok());
 }
+
+#[test]
+fn port_zero_never_clashes() {
+    let text = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbackends = [\"127.0.0.1:1\"]\n";
+    assert!(parse(text).is_ok());
+    let clash = "[admin]\nlisten = \"127.0.0.1:9\"\n[[listener]]\nname = \"a\"\nlisten = [\"127.0.0.1:9\", \"127.0.0.1:8\"]\npool = \"p\"\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:8\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbackends = [\"127.0.0.1:1\"]\n";
+    check(
+        clash,
+        &[
+            "listener[0].listen[0]: 127.0.0.1:9 is the admin API's address",
+            "listener[1].listen[0]: 127.0.0.1:8 is already used by another listener",
+        ],
+    );
+}

@@ -238,6 +238,10 @@ impl Validator {
                 );
             }
             for (j, addr) in l.listen.iter().enumerate() {
+                // Port 0 asks the kernel for a free port: never a clash.
+                if addr.port() == 0 {
+                    continue;
+                }
                 if !bound.insert(*addr) {
                     self.err(
                         &format!("listener[{i}].listen[{j}]"),

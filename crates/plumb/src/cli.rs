@@ -100,22 +100,27 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.build()?)
 }
 
-/// Resolves on SIGTERM or SIGINT. SIGHUP is caught and logged, so that it cannot kill
-/// the process (live reload comes with the admin API).
-async fn shutdown_signal() {
+/// Installs the signal handlers now (so a SIGTERM right after start is already
+/// graceful) and returns a future that resolves on SIGTERM or SIGINT. SIGHUP is caught
+/// and logged, so that it cannot kill the process (reload is not supported yet).
+/// Must be called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
     let hup = signal(SignalKind::hangup());
-    let (Ok(mut term), Ok(mut hup)) = (term, hup) else {
-        tracing::warn!("cannot install signal handlers; only Ctrl-C will stop plumb");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "signal received"); return; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!(signal = "SIGINT", "signal received"); return; }
-            _ = hup.recv() => tracing::warn!(signal = "SIGHUP", "config reload is not supported yet; restart plumb to apply changes"),
+    async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (term, int, hup) else {
+            tracing::warn!("cannot install signal handlers; only Ctrl-C will stop plumb");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "signal received"); return; }
+                _ = int.recv() => { tracing::info!(signal = "SIGINT", "signal received"); return; }
+                _ = hup.recv() => tracing::warn!(signal = "SIGHUP", "config reload is not supported yet; restart plumb to apply changes"),
+            }
         }
     }
 }

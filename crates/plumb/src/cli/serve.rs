@@ -33,6 +33,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let access_log = Server::open_access_log(&config).context("cannot open the access log")?;
     let rt = super::runtime(config.runtime.workers)?;
     rt.block_on(async {
+        let signals = super::shutdown_signal();
         let bound = plumb_core::bind_all(&config)?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -44,7 +45,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             })?;
         tracing::info!(addr = %config.admin.listen, token = token.is_some(), "admin API listening");
         let server = Arc::new(Server::new(&config, access_log));
-        run_with_admin(server, bound, admin_listener, token, checksum).await
+        run_with_admin(server, bound, admin_listener, token, checksum, signals).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -57,6 +58,7 @@ pub(super) async fn run_with_admin(
     admin_listener: tokio::net::TcpListener,
     token: Option<String>,
     config_checksum: String,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let admin = Arc::new(plumb_admin::Admin {
         server: Arc::clone(&server),
@@ -70,7 +72,7 @@ pub(super) async fn run_with_admin(
             plumb_admin::serve(admin, admin_listener, stop.cancelled_owned()).await
         })
     };
-    let result = server.run(bound, super::shutdown_signal()).await;
+    let result = server.run(bound, shutdown).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     Ok(result?)
