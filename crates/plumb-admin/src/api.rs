@@ -271,10 +271,7 @@ fn drain(
     }
 }
 
-fn find_pool<'a>(
-    admin: &'a Admin,
-    name: &str,
-) -> Result<&'a std::sync::Arc<Pool>, ApiError> {
+fn find_pool<'a>(admin: &'a Admin, name: &str) -> Result<&'a std::sync::Arc<Pool>, ApiError> {
     let name = percent_decode(name).unwrap_or_default();
     admin.server.pool(&name).ok_or_else(|| {
         ApiError::new(
