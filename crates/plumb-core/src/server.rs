@@ -108,6 +108,11 @@ impl Server {
         self.started.elapsed()
     }
 
+    /// Waits (up to `limit`) until every access-log line queued so far is written.
+    pub async fn flush_access_log(&self, limit: Duration) {
+        self.shared.access_log.flush(limit).await;
+    }
+
     /// A listener's counters by name.
     pub fn listener_stats(&self, name: &str) -> Option<&Arc<ListenerStats>> {
         self.stats.get(name)

@@ -171,14 +171,15 @@ async fn one_line_per_connection() {
         assert!(err.is_none());
         assert_eq!(got.len(), i * 100);
     }
-    // A connection's line is written before it leaves the table: once the table is
-    // empty, every line that will ever be written is there.
+    // A connection's line is queued before it leaves the table: once the table is
+    // empty and the queue flushed, every line that will ever be written is there.
     let conns = plumb.server.conns();
     assert!(
         eventually(STEP, || conns.is_empty()).await,
         "connections still open: {}",
         conns.len()
     );
+    plumb.server.flush_access_log(STEP).await;
     let log = plumb.log();
     assert_eq!(log.len(), 5, "{log:?}");
     let got: BTreeSet<(String, usize)> = log
