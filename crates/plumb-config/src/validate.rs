@@ -749,23 +749,11 @@ impl Validator {
             .as_ref()
             .and_then(|v| self.int(v, &format!("{path}.preconnect"), 0, 1000))
             .map_or(0, |n| n as usize);
-        if preconnect > 0 {
-            self.err(
-                &format!("{path}.preconnect"),
-                "only 0 is supported by this version of plumb: backend connections are opened only for a client",
-            );
-        }
         let idle_timeout = self.positive_duration_or(
             u.idle_timeout.as_ref(),
             &format!("{path}.idle_timeout"),
             DEFAULT_UPSTREAM_IDLE,
         );
-        if u.idle_timeout.is_some() {
-            self.err(
-                &format!("{path}.idle_timeout"),
-                "not supported yet by this version of plumb (it bounds pre-opened connections, which need preconnect > 0)",
-            );
-        }
         if u.max_idle_per_backend.is_some() {
             self.err(
                 &format!("{path}.max_idle_per_backend"),

@@ -226,6 +226,12 @@ async fn connect_with_retries(
         tried.push(addr);
         record.attempts += 1;
         let t0 = Instant::now();
+        if let Some(stream) = guard.backend().take_idle() {
+            // A pre-opened connection (`upstream.preconnect`): no handshake to wait for.
+            record.backend = Some(addr);
+            record.error = None;
+            return Some((stream, guard));
+        }
         let attempt = upstream::connect(addr, &settings.tcp, settings.timeouts.connect);
         let result = tokio::select! {
             r = attempt => r,

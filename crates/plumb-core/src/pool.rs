@@ -8,6 +8,7 @@
 mod backend;
 mod balance;
 mod drain;
+mod preconnect;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -343,12 +344,22 @@ impl Pool {
         }
     }
 
+    /// Starts a backend's background tasks: health checks, pre-opened connections.
     fn start_checks(self: &Arc<Self>, b: &Arc<Backend>) {
         if let Some(hc) = &self.settings.health {
             tokio::spawn(crate::health::run(
                 Arc::clone(self),
                 Arc::clone(b),
                 hc.clone(),
+            ));
+        }
+        let up = self.settings.upstream;
+        if up.preconnect > 0 {
+            tokio::spawn(preconnect::keep(
+                Arc::clone(self),
+                Arc::clone(b),
+                up.preconnect,
+                up.idle_timeout,
             ));
         }
     }

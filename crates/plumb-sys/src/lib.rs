@@ -98,6 +98,14 @@ pub fn shutdown_write(sock: &impl AsFd) -> io::Result<()> {
     SockRef::from(sock).shutdown(std::net::Shutdown::Write)
 }
 
+/// Peeks at the receive queue without waiting and without consuming anything
+/// (`recv(MSG_PEEK | MSG_DONTWAIT)`): `Ok(0)` means the peer closed, `WouldBlock`
+/// that nothing is queued, `Ok(n)` that data waits.
+pub fn peek_now(sock: &impl AsFd) -> io::Result<usize> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    SockRef::from(sock).recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
 /// Takes and clears the socket's pending error (`SO_ERROR`).
 pub fn take_error(sock: &impl AsFd) -> io::Result<Option<io::Error>> {
     SockRef::from(sock).take_error()

@@ -72,6 +72,8 @@ pub struct Backend {
     /// balancer's lock.
     pub(super) current: AtomicI64,
     details: Mutex<Details>,
+    /// Pre-opened idle connections (`upstream.preconnect`), newest last.
+    idle: Mutex<Vec<super::preconnect::Idle>>,
     /// Cancelled when the backend leaves its pool: stops its health checker.
     pub(crate) gone: CancellationToken,
 }
@@ -108,6 +110,7 @@ impl Backend {
             picked: AtomicU64::new(0),
             current: AtomicI64::new(0),
             details: Mutex::new(Details::default()),
+            idle: Mutex::new(Vec::new()),
             gone: CancellationToken::new(),
         }
     }
@@ -270,6 +273,45 @@ impl Backend {
     pub(crate) fn clear_ejection(&self) {
         self.ejected_until.store(0, Ordering::Relaxed);
         self.ejections.store(0, Ordering::Relaxed);
+    }
+
+    /// Takes the newest pre-opened connection that is still alive.
+    pub(crate) fn take_idle(&self) -> Option<tokio::net::TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(i) = idle.pop() {
+            if super::preconnect::is_alive(&i.stream) {
+                return Some(i.stream);
+            }
+            super::preconnect::close(i);
+        }
+        None
+    }
+
+    /// Pre-opened connections waiting now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub(crate) fn put_idle(&self, i: super::preconnect::Idle) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(i);
+    }
+
+    pub(crate) fn oldest_idle(&self) -> Option<tokio::time::Instant> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .map(|i| i.since)
+    }
+
+    pub(crate) fn take_idle_where(
+        &self,
+        f: impl Fn(&super::preconnect::Idle) -> bool,
+    ) -> Vec<super::preconnect::Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, keep): (Vec<_>, Vec<_>) = idle.drain(..).partition(|i| f(i));
+        *idle = keep;
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Details> {
