@@ -30,7 +30,7 @@ pub(crate) fn route(
         }),
         ["api", "v1", "pools", pool] => {
             only(method, &[Method::GET], || match find_pool(admin, pool) {
-                Ok(p) => json(StatusCode::OK, &pool_view(p)),
+                Ok(p) => json(StatusCode::OK, &pool_view(&p)),
                 Err(e) => e.response(),
             })
         }
@@ -44,13 +44,7 @@ pub(crate) fn route(
             _ => not_allowed(&[Method::POST]),
         },
         ["api", "v1", "connections"] => only(method, &[Method::GET], || connections(admin)),
-        ["api", "v1", "reload"] => only(method, &[Method::POST], || {
-            error(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                "config reload is not supported by this version of plumb",
-            )
-        }),
+        ["api", "v1", "reload"] => only(method, &[Method::POST], || reload(admin)),
         _ => error(
             StatusCode::NOT_FOUND,
             "unknown_path",
@@ -73,8 +67,8 @@ fn status(admin: &Admin) -> Response<Full<Bytes>> {
                 protocol: "tcp",
                 pool: l.pool.clone(),
                 max_connections: l.max_connections,
-                accepted: stats.map_or(0, |s| s.accepted()),
-                refused: stats.map_or(0, |s| s.refused()),
+                accepted: stats.as_ref().map_or(0, |s| s.accepted()),
+                refused: stats.as_ref().map_or(0, |s| s.refused()),
             }
         })
         .collect();
@@ -83,7 +77,11 @@ fn status(admin: &Admin) -> Response<Full<Bytes>> {
         &Status {
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: server.uptime().as_secs_f64(),
-            config_checksum: admin.config_checksum.clone(),
+            config_checksum: admin
+                .config_checksum
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             listeners,
             connections: server.conns().len(),
         },
@@ -164,6 +162,39 @@ fn connections(admin: &Admin) -> Response<Full<Bytes>> {
         })
         .collect();
     json(StatusCode::OK, &conns)
+}
+
+fn reload(admin: &Admin) -> Response<Full<Bytes>> {
+    match admin.reload() {
+        Ok(summary) => json(
+            StatusCode::OK,
+            &ReloadView {
+                file: admin
+                    .config_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                changes: summary.changes,
+                needs_restart: summary.needs_restart,
+            },
+        ),
+        Err(crate::reload::Failed::Invalid(errors)) => json(
+            StatusCode::BAD_REQUEST,
+            &InvalidConfig {
+                error: "invalid_config",
+                detail: "the config file has errors; nothing was changed",
+                errors: errors.0.iter().map(ToString::to_string).collect(),
+            },
+        ),
+        Err(e @ crate::reload::Failed::NoFile) => {
+            error(StatusCode::CONFLICT, "no_config_file", &e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload_failed",
+            &format!("{e}; nothing was changed"),
+        ),
+    }
 }
 
 fn register(admin: &Admin, pool: &str, addr: &str, body: &Bytes) -> Response<Full<Bytes>> {
@@ -271,7 +302,7 @@ fn drain(
     }
 }
 
-fn find_pool<'a>(admin: &'a Admin, name: &str) -> Result<&'a std::sync::Arc<Pool>, ApiError> {
+fn find_pool(admin: &Admin, name: &str) -> Result<std::sync::Arc<Pool>, ApiError> {
     let name = percent_decode(name).unwrap_or_default();
     admin.server.pool(&name).ok_or_else(|| {
         ApiError::new(

@@ -97,3 +97,17 @@ pub(crate) struct RegisterBody {
 pub(crate) struct DrainBody {
     pub timeout: Option<String>,
 }
+
+#[derive(Serialize)]
+pub(crate) struct ReloadView {
+    pub file: String,
+    pub changes: Vec<String>,
+    pub needs_restart: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct InvalidConfig {
+    pub error: &'static str,
+    pub detail: &'static str,
+    pub errors: Vec<String>,
+}

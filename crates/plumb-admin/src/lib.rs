@@ -10,6 +10,7 @@
 
 mod api;
 mod json;
+pub mod reload;
 mod server;
 
 pub use server::{serve, Admin};

@@ -32,8 +32,41 @@ pub struct Admin {
     pub server: Arc<Server>,
     /// The bearer token every request must carry, if one is configured.
     pub token: Option<String>,
-    /// SHA-256 of the config file, for `GET /api/v1/status`.
-    pub config_checksum: String,
+    /// SHA-256 of the config file in force, for `GET /api/v1/status`.
+    pub config_checksum: std::sync::Mutex<String>,
+    /// The config file, for `POST /api/v1/reload`.
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+impl Admin {
+    /// The admin API of `server`, started from the config file `path` (`None` when
+    /// there is no file, as in `plumb demo`) whose text hashed to `checksum`.
+    pub fn new(
+        server: Arc<Server>,
+        token: Option<String>,
+        checksum: String,
+        path: Option<std::path::PathBuf>,
+    ) -> Admin {
+        Admin {
+            server,
+            token,
+            config_checksum: std::sync::Mutex::new(checksum),
+            config_path: path,
+        }
+    }
+
+    /// Re-reads the config file and applies it (also what SIGHUP does).
+    pub fn reload(&self) -> Result<plumb_core::server::ReloadSummary, crate::reload::Failed> {
+        let Some(path) = &self.config_path else {
+            return Err(crate::reload::Failed::NoFile);
+        };
+        let (summary, checksum) = crate::reload::from_file(&self.server, path)?;
+        *self
+            .config_checksum
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = checksum;
+        Ok(summary)
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.

@@ -24,7 +24,12 @@ const MAX_HEAD: usize = 8 * 1024;
 /// letting go (it has read everything by then, so the close stays orderly).
 const FIN_WAIT: Duration = Duration::from_millis(500);
 
-pub(crate) async fn run(pool: Arc<Pool>, b: Arc<Backend>, hc: Health) {
+pub(crate) async fn run(
+    pool: Arc<Pool>,
+    b: Arc<Backend>,
+    hc: Health,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let (mut passes, mut fails) = (0u32, 0u32);
     // The first check comes after a random part of the interval, so that the checks
     // of many backends do not fire together.
@@ -32,7 +37,7 @@ pub(crate) async fn run(pool: Arc<Pool>, b: Arc<Backend>, hc: Health) {
     loop {
         tokio::select! {
             () = b.gone.cancelled() => return,
-            () = pool.stopped().cancelled() => return,
+            () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
         wait = hc.interval.mul_f64(0.9 + 0.2 * fastrand::f64());

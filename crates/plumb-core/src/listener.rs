@@ -88,6 +88,10 @@ fn bind_one(
 ) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // A reload binds a changed listener's new socket beside the old one before
+    // closing the old, so that the address never stops accepting. Linux only lets
+    // sockets of the same user share a port this way.
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         // `[::]:80` and `0.0.0.0:80` are separate listeners in plumb's config.
         socket.set_only_v6(true)?;
@@ -149,14 +153,38 @@ pub(crate) struct ListenerCtx {
     pub(crate) limit: Option<Arc<Semaphore>>,
 }
 
+/// Where an accept loop finds its listener's current settings; a reload that changes
+/// settings but not addresses swaps the context here without touching the socket.
+#[derive(Debug)]
+pub(crate) struct ListenerSlot {
+    ctx: std::sync::RwLock<Arc<ListenerCtx>>,
+}
+
+impl ListenerSlot {
+    pub(crate) fn new(ctx: Arc<ListenerCtx>) -> Arc<ListenerSlot> {
+        Arc::new(ListenerSlot {
+            ctx: std::sync::RwLock::new(ctx),
+        })
+    }
+
+    pub(crate) fn current(&self) -> Arc<ListenerCtx> {
+        Arc::clone(&self.ctx.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn replace(&self, ctx: Arc<ListenerCtx>) {
+        *self.ctx.write().unwrap_or_else(|p| p.into_inner()) = ctx;
+    }
+}
+
 /// Accepts until `stop` is cancelled.
 pub(crate) async fn accept_loop(
-    ctx: Arc<ListenerCtx>,
+    slot: Arc<ListenerSlot>,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
     let local = listener.local_addr().ok();
     let mut backoff = Duration::from_millis(5);
+    let mut ctx = slot.current();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -179,6 +207,7 @@ pub(crate) async fn accept_loop(
             }
         };
         backoff = Duration::from_millis(5);
+        ctx = slot.current();
         ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let permit = match &ctx.limit {
             None => None,

@@ -29,14 +29,39 @@ pub use balance::Balancer;
 #[derive(Debug)]
 pub struct Pool {
     name: Arc<str>,
-    settings: model::Pool,
+    /// Settings and balancer; swapped whole by a config reload.
+    generation: RwLock<Arc<Generation>>,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
-    balancer: Balancer,
+    /// Cancelled when the settings that background tasks (health checks, pre-opened
+    /// connections) depend on change; they are then started again.
+    tasks: std::sync::Mutex<CancellationToken>,
     /// Time zero of the pool's millisecond clock (backend timestamps count from it).
     epoch: Instant,
     conns: Arc<ConnTable>,
     /// Cancelled when the server stops: ends health checks and drains.
     stop: CancellationToken,
+}
+
+/// What a reload can swap.
+#[derive(Debug)]
+struct Generation {
+    settings: Arc<model::Pool>,
+    balancer: Balancer,
+}
+
+/// What a reload changed in a pool.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PoolChanges {
+    /// Whether settings other than the backend list changed.
+    pub settings: bool,
+    /// Backends added from the config.
+    pub added: Vec<SocketAddr>,
+    /// Backends the config no longer lists: deregistered (drained, then removed).
+    pub removed: Vec<SocketAddr>,
+    /// Backends whose weight the config changed.
+    pub reweighted: Vec<SocketAddr>,
+    /// Backends the config lists or dropped but the admin API changed: left alone.
+    pub kept_api_state: Vec<SocketAddr>,
 }
 
 /// Why no backend was chosen.
@@ -82,16 +107,20 @@ impl Pool {
         let backends = cfg
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b.addr, b.weight)))
+            .map(|b| Arc::new(Backend::new(b.addr, b.weight).from_config()))
             .collect();
+        let stop = CancellationToken::new();
         Arc::new(Pool {
             name: Arc::from(cfg.name.as_str()),
-            settings: cfg.clone(),
+            generation: RwLock::new(Arc::new(Generation {
+                settings: Arc::new(cfg.clone()),
+                balancer: Balancer::new(cfg.balance),
+            })),
             backends: RwLock::new(Arc::new(backends)),
-            balancer: Balancer::new(cfg.balance),
+            tasks: std::sync::Mutex::new(stop.child_token()),
             epoch: Instant::now(),
             conns,
-            stop: CancellationToken::new(),
+            stop,
         })
     }
 
@@ -100,6 +129,89 @@ impl Pool {
         for b in self.backends().iter() {
             self.start_checks(b);
         }
+    }
+
+    /// Applies a reloaded config: new settings, and the difference between the
+    /// config's backend list and the current one. Backends the admin API registered,
+    /// drained or reweighted keep that state: the API's word stands until the API
+    /// changes it again.
+    pub fn reconfigure(self: &Arc<Self>, cfg: &model::Pool) -> PoolChanges {
+        let mut changes = PoolChanges::default();
+        let old = self.settings();
+        let mut old_rest = (*old).clone();
+        let mut new_rest = cfg.clone();
+        old_rest.backends.clear();
+        new_rest.backends.clear();
+        if old_rest != new_rest {
+            changes.settings = true;
+            *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Generation {
+                settings: Arc::new(cfg.clone()),
+                balancer: Balancer::new(cfg.balance),
+            });
+            if old.health != cfg.health || old.upstream != cfg.upstream {
+                // Restart background tasks under the new settings.
+                let fresh = self.stop.child_token();
+                let stale = std::mem::replace(
+                    &mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()),
+                    fresh,
+                );
+                stale.cancel();
+                for b in self.backends().iter() {
+                    self.start_checks(b);
+                }
+            }
+        } else if old.backends != cfg.backends {
+            *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Generation {
+                settings: Arc::new(cfg.clone()),
+                balancer: Balancer::new(cfg.balance),
+            });
+        }
+        let current = self.backends();
+        for spec in &cfg.backends {
+            match current.iter().find(|b| b.addr() == spec.addr) {
+                Some(b) if b.is_api_managed() => changes.kept_api_state.push(spec.addr),
+                Some(b) => {
+                    if b.weight() != spec.weight {
+                        b.set_weight(spec.weight);
+                        changes.reweighted.push(spec.addr);
+                    }
+                }
+                None => {
+                    self.add(Arc::new(Backend::new(spec.addr, spec.weight).from_config()));
+                    changes.added.push(spec.addr);
+                }
+            }
+        }
+        for b in current.iter() {
+            if cfg.backends.iter().any(|s| s.addr == b.addr()) {
+                continue;
+            }
+            if b.is_api_managed() || !b.is_from_config() {
+                changes.kept_api_state.push(b.addr());
+            } else if !b.is_draining() {
+                self.start_drain(Arc::clone(b), None, true);
+                changes.removed.push(b.addr());
+            }
+        }
+        changes
+    }
+
+    /// Adds a backend unless one with its address is already there.
+    fn add(self: &Arc<Self>, b: Arc<Backend>) -> bool {
+        if self.settings().slow_start.is_some() {
+            b.begin_ramp(self.now_ms());
+        }
+        {
+            let mut list = self.write();
+            if list.iter().any(|x| x.addr() == b.addr()) {
+                return false;
+            }
+            let mut next: Vec<Arc<Backend>> = list.as_ref().clone();
+            next.push(Arc::clone(&b));
+            *list = Arc::new(next);
+        }
+        self.start_checks(&b);
+        true
     }
 
     /// Stops health checks and drains.
@@ -112,9 +224,13 @@ impl Pool {
         &self.name
     }
 
-    /// The pool's settings (timeouts, socket options...).
-    pub fn settings(&self) -> &model::Pool {
-        &self.settings
+    /// The pool's current settings (timeouts, socket options...).
+    pub fn settings(&self) -> Arc<model::Pool> {
+        Arc::clone(&self.generation().settings)
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        Arc::clone(&self.generation.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Milliseconds on the pool's clock (tokio time since the pool was built).
@@ -149,15 +265,17 @@ impl Pool {
     pub fn pick(&self, tried: &[SocketAddr]) -> Result<ActiveGuard, PickError> {
         let now = self.now_ms();
         let backends = self.backends();
-        let limit = self.settings.upstream.max_connections_per_backend;
+        let generation = self.generation();
+        let settings = &generation.settings;
+        let limit = settings.upstream.max_connections_per_backend;
         let under_limit = |b: &Backend| limit.is_none_or(|m| b.active() < m);
         let untried = |b: &Backend| !tried.contains(&b.addr());
         let candidates: Vec<&Arc<Backend>> = backends
             .iter()
             .filter(|b| b.is_available(now) && untried(b) && under_limit(b))
             .collect();
-        let slow_start = self.settings.slow_start.map_or(0, |d| d.as_millis() as u64);
-        if let Some(b) = self
+        let slow_start = settings.slow_start.map_or(0, |d| d.as_millis() as u64);
+        if let Some(b) = generation
             .balancer
             .pick(&candidates, |b| b.effective_weight(now, slow_start))
         {
@@ -185,8 +303,9 @@ impl Pool {
 
     /// Adds a backend, updates its weight, or takes back a draining one.
     pub fn register(self: &Arc<Self>, addr: SocketAddr, weight: Option<u32>) -> Registered {
-        let mut list = self.write();
+        let list = self.write();
         if let Some(b) = list.iter().find(|b| b.addr() == addr) {
+            b.set_api_managed();
             if let Some(w) = weight {
                 b.set_weight(w);
             }
@@ -201,16 +320,14 @@ impl Pool {
             }
             return Registered::Updated;
         }
-        let b = Arc::new(Backend::new(addr, weight.unwrap_or(1)));
-        if self.settings.slow_start.is_some() {
-            b.begin_ramp(self.now_ms());
-        }
-        let mut next: Vec<Arc<Backend>> = list.as_ref().clone();
-        next.push(Arc::clone(&b));
-        *list = Arc::new(next);
         drop(list);
+        let b = Arc::new(Backend::new(addr, weight.unwrap_or(1)));
+        b.set_api_managed();
+        if !self.add(b) {
+            // Registered by someone else between the look and the add.
+            return Registered::Updated;
+        }
         tracing::info!(pool = %self.name, backend.addr = %addr, "backend registered");
-        self.start_checks(&b);
         Registered::Created
     }
 
@@ -218,7 +335,8 @@ impl Pool {
     /// `timeout` (default: the pool's `drain.timeout`); then they are closed, spread
     /// over `drain.close_spread`, with RST or FIN per `drain.on_timeout`, cause
     /// `backend_drained`. With `remove`, the backend leaves the pool once drained.
-    /// Returns the deadline.
+    /// Returns the deadline. The backend is then the admin API's to manage: a reload
+    /// does not undo the drain.
     pub fn drain(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -226,7 +344,18 @@ impl Pool {
         remove: bool,
     ) -> Result<Duration, UnknownBackend> {
         let b = self.backend(addr).ok_or(UnknownBackend(addr))?;
-        let timeout = timeout.unwrap_or(self.settings.drain.timeout);
+        b.set_api_managed();
+        Ok(self.start_drain(b, timeout, remove))
+    }
+
+    fn start_drain(
+        self: &Arc<Self>,
+        b: Arc<Backend>,
+        timeout: Option<Duration>,
+        remove: bool,
+    ) -> Duration {
+        let addr = b.addr();
+        let timeout = timeout.unwrap_or(self.settings().drain.timeout);
         b.set_draining(true);
         let cancel = self.stop.child_token();
         let ticket = backend::DrainTicket {
@@ -248,7 +377,7 @@ impl Pool {
             "backend draining"
         );
         tokio::spawn(drain::run(Arc::clone(self), b, deadline, cancel, remove));
-        Ok(timeout)
+        timeout
     }
 
     /// Takes a backend out of the pool's list, unless its drain was cancelled (checked
@@ -289,7 +418,7 @@ impl Pool {
 
     /// How a drain closes connections at its deadline.
     pub(crate) fn drain_close(&self) -> CloseHow {
-        match self.settings.drain.on_timeout {
+        match self.settings().drain.on_timeout {
             DrainClose::Reset => CloseHow::Reset,
             DrainClose::Close => CloseHow::Fin,
         }
@@ -300,14 +429,15 @@ impl Pool {
     pub(crate) fn report_failure(&self, b: &Backend, cause: Cause) {
         let now = self.now_ms();
         let n = b.record_failure(cause, now);
-        let p = self.settings.passive;
+        let settings = self.settings();
+        let p = settings.passive;
         if p.consecutive_failures == 0 || n < p.consecutive_failures || b.is_ejected(now) {
             return;
         }
         let k = b.ejections().min(16);
         let length = p.ejection.saturating_mul(1 << k).min(p.max_ejection);
         let count = b.eject(now + length.as_millis() as u64);
-        if self.settings.health.is_some() {
+        if settings.health.is_some() {
             // Health checks must also pass before it returns.
             b.set_healthy(false);
         }
@@ -332,7 +462,7 @@ impl Pool {
 
     /// Health checks marked `b` down: apply `on_marked_down`.
     pub(crate) fn marked_down(&self, b: &Backend) {
-        if self.settings.on_marked_down == OnMarkedDown::Reset {
+        if self.settings().on_marked_down == OnMarkedDown::Reset {
             let order = CloseOrder {
                 cause: Cause::BackendMarkedDown,
                 how: CloseHow::Reset,
@@ -346,30 +476,30 @@ impl Pool {
 
     /// Starts a backend's background tasks: health checks, pre-opened connections.
     fn start_checks(self: &Arc<Self>, b: &Arc<Backend>) {
-        if let Some(hc) = &self.settings.health {
+        let settings = self.settings();
+        let stop = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(hc) = &settings.health {
             tokio::spawn(crate::health::run(
                 Arc::clone(self),
                 Arc::clone(b),
                 hc.clone(),
+                stop.clone(),
             ));
         }
-        let up = self.settings.upstream;
+        let up = settings.upstream;
         if up.preconnect > 0 {
             tokio::spawn(preconnect::keep(
                 Arc::clone(self),
                 Arc::clone(b),
                 up.preconnect,
                 up.idle_timeout,
+                stop,
             ));
         }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Arc<Vec<Arc<Backend>>>> {
         self.backends.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn stopped(&self) -> &CancellationToken {
-        &self.stop
     }
 }
 

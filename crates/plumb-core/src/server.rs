@@ -1,10 +1,11 @@
 //! The server: pools, listeners and connection tasks of one config, run until a
-//! shutdown future resolves, then drained within the grace period.
+//! shutdown future resolves, then drained within the grace period. A reload applies a
+//! new config in place: open connections are never cut by it.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -17,7 +18,7 @@ use plumb_config::model::{self, Config};
 use crate::accesslog::AccessLog;
 use crate::cause::Cause;
 use crate::conntable::{CloseHow, CloseOrder, ConnTable};
-use crate::listener::{accept_loop, BoundListener, ListenerCtx, ListenerStats};
+use crate::listener::{self, accept_loop, BoundListener, ListenerCtx, ListenerSlot, ListenerStats};
 use crate::pool::Pool;
 
 /// What every connection task shares.
@@ -32,11 +33,43 @@ pub(crate) struct Shared {
 /// A configured load balancer, ready to run.
 #[derive(Debug)]
 pub struct Server {
-    config: Config,
+    config: RwLock<Arc<Config>>,
     shared: Arc<Shared>,
-    pools: HashMap<String, Arc<Pool>>,
-    stats: HashMap<String, Arc<ListenerStats>>,
-    started: tokio::time::Instant,
+    pools: RwLock<HashMap<String, Arc<Pool>>>,
+    stats: RwLock<HashMap<String, Arc<ListenerStats>>>,
+    /// Listeners accepting now (filled by `run`, changed by `reload`).
+    running: Mutex<HashMap<String, Running>>,
+    /// Cancelled at shutdown: every accept loop stops.
+    stop: CancellationToken,
+    /// Serialises reloads.
+    reloading: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Running {
+    settings: model::Listener,
+    slot: Arc<ListenerSlot>,
+    stop: CancellationToken,
+}
+
+/// What a reload did, in words, for the log and the admin API.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Each change applied.
+    pub changes: Vec<String>,
+    /// Changes in the file that only a restart applies.
+    pub needs_restart: Vec<String>,
+}
+
+/// A reload that changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A new or moved listener address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
+    /// The server is not running.
+    #[error("the server is not running")]
+    NotRunning,
 }
 
 /// How long connections still open after the grace period get to close.
@@ -57,16 +90,18 @@ impl Server {
             .map(|l| (l.name.clone(), Arc::new(ListenerStats::default())))
             .collect();
         Server {
-            config: config.clone(),
+            config: RwLock::new(Arc::new(config.clone())),
             shared: Arc::new(Shared {
                 started: tokio::time::Instant::now(),
                 conns,
                 access_log,
                 tasks: TaskTracker::new(),
             }),
-            pools,
-            stats,
-            started: tokio::time::Instant::now(),
+            pools: RwLock::new(pools),
+            stats: RwLock::new(stats),
+            running: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+            reloading: Mutex::new(()),
         }
     }
 
@@ -85,27 +120,28 @@ impl Server {
     }
 
     /// A pool by name.
-    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.get(name)
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        read(&self.pools).get(name).cloned()
     }
 
     /// Every pool, in config order.
-    pub fn pools(&self) -> Vec<&Arc<Pool>> {
-        self.config
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let pools = read(&self.pools);
+        self.config()
             .pools
             .iter()
-            .filter_map(|p| self.pools.get(&p.name))
+            .filter_map(|p| pools.get(&p.name).cloned())
             .collect()
     }
 
-    /// The config the server was built from.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The config in force (the last one loaded).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&read(&self.config))
     }
 
     /// How long ago the server was built.
     pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
+        self.shared.started.elapsed()
     }
 
     /// Waits (up to `limit`) until every access-log line queued so far is written.
@@ -114,62 +150,40 @@ impl Server {
     }
 
     /// A listener's counters by name.
-    pub fn listener_stats(&self, name: &str) -> Option<&Arc<ListenerStats>> {
-        self.stats.get(name)
+    pub fn listener_stats(&self, name: &str) -> Option<Arc<ListenerStats>> {
+        read(&self.stats).get(name).cloned()
     }
 
     /// Accepts on `bound` until `shutdown` resolves; then stops accepting, lets open
     /// connections finish for `runtime.shutdown_grace`, closes the rest with FIN
-    /// (cause `shutdown`), and returns.
+    /// (cause `shutdown`; RST where plumb holds unwritten bytes), and returns.
     pub async fn run(
         &self,
         bound: Vec<BoundListener>,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let stop = CancellationToken::new();
-        for pool in self.pools.values() {
+        for pool in read(&self.pools).values() {
             pool.start();
         }
+        let config = self.config();
         for b in bound {
-            let Some(settings) = self.config.listeners.iter().find(|l| l.name == b.name) else {
+            let Some(settings) = config.listeners.iter().find(|l| l.name == b.name) else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("no listener named {:?} in the config", b.name),
                 ));
             };
-            let Some(pool) = self.pools.get(&settings.pool) else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("no pool named {:?} in the config", settings.pool),
-                ));
-            };
-            let ctx = Arc::new(ListenerCtx {
-                name: Arc::from(settings.name.as_str()),
-                settings: settings.clone(),
-                pool: Arc::clone(pool),
-                shared: Arc::clone(&self.shared),
-                stats: Arc::clone(&self.stats[&settings.name]),
-                limit: settings
-                    .max_connections
-                    .map(|n| Arc::new(Semaphore::new(n))),
-            });
-            for socket in b.sockets {
-                let listener = TcpListener::from_std(socket)?;
-                tracing::info!(listener = %ctx.name, addr = %listener.local_addr()?, pool = %ctx.pool.name(), "listening");
-                self.shared
-                    .tasks
-                    .spawn(accept_loop(Arc::clone(&ctx), listener, stop.clone()));
-            }
+            self.start_listener(settings, b.sockets)?;
         }
         shutdown.await;
-        let grace = self.config.runtime.shutdown_grace;
+        let grace = self.config().runtime.shutdown_grace;
         tracing::info!(
             open = self.shared.conns.len(),
             grace_ms = grace.as_millis() as u64,
             "shutting down: accepting no new connections"
         );
-        stop.cancel();
-        for pool in self.pools.values() {
+        self.stop.cancel();
+        for pool in read(&self.pools).values() {
             pool.stop();
         }
         self.shared.tasks.close();
@@ -196,4 +210,254 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+
+    /// Applies a new config in place. New and moved listener addresses are bound
+    /// first; if one cannot be, nothing changes. Then pools take their new settings and
+    /// backend lists (backends the config dropped are drained and removed; backends
+    /// the admin API changed keep that state), listeners start, stop accepting, or
+    /// take new settings. Open connections are never cut by a reload: they finish on
+    /// the settings they started with.
+    pub fn reload(&self, new: &Config) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stop.is_cancelled() {
+            return Err(ReloadError::NotRunning);
+        }
+        let old = self.config();
+        let mut summary = ReloadSummary::default();
+
+        // 1. Bind what needs binding; any failure leaves everything as it was.
+        let mut fresh_sockets: HashMap<String, Vec<std::net::TcpListener>> = HashMap::new();
+        {
+            let running = lock(&self.running);
+            for l in &new.listeners {
+                let rebind = match running.get(&l.name) {
+                    None => true,
+                    Some(r) => needs_rebind(&r.settings, l),
+                };
+                if rebind {
+                    fresh_sockets.insert(l.name.clone(), listener::bind(l)?.sockets);
+                }
+            }
+        }
+
+        // 2. Pools.
+        {
+            let mut pools = write(&self.pools);
+            for p in &new.pools {
+                match pools.get(&p.name) {
+                    Some(pool) => {
+                        let c = pool.reconfigure(p);
+                        if c.settings {
+                            summary
+                                .changes
+                                .push(format!("pool {}: new settings", p.name));
+                        }
+                        for a in c.added {
+                            summary
+                                .changes
+                                .push(format!("pool {}: added backend {a}", p.name));
+                        }
+                        for a in c.removed {
+                            summary.changes.push(format!(
+                                "pool {}: deregistering backend {a} (drain, then remove)",
+                                p.name
+                            ));
+                        }
+                        for a in c.reweighted {
+                            summary
+                                .changes
+                                .push(format!("pool {}: new weight for backend {a}", p.name));
+                        }
+                        for a in c.kept_api_state {
+                            summary.changes.push(format!(
+                                "pool {}: backend {a} keeps the state the admin API gave it",
+                                p.name
+                            ));
+                        }
+                    }
+                    None => {
+                        let pool = Pool::new(p, Arc::clone(&self.shared.conns));
+                        pool.start();
+                        pools.insert(p.name.clone(), pool);
+                        summary.changes.push(format!("pool {}: added", p.name));
+                    }
+                }
+            }
+            let gone: Vec<String> = pools
+                .keys()
+                .filter(|k| new.pool(k).is_none())
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(pool) = pools.remove(&name) {
+                    // Open connections keep their own handle on the pool.
+                    pool.stop();
+                    summary
+                        .changes
+                        .push(format!("pool {name}: removed (open connections finish)"));
+                }
+            }
+        }
+
+        // 3. Listeners.
+        {
+            let mut stats = write(&self.stats);
+            for l in &new.listeners {
+                stats.entry(l.name.clone()).or_default();
+            }
+        }
+        let mut running = lock(&self.running);
+        let gone: Vec<String> = running
+            .keys()
+            .filter(|k| !new.listeners.iter().any(|l| &l.name == *k))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(r) = running.remove(&name) {
+                r.stop.cancel();
+                summary.changes.push(format!(
+                    "listener {name}: stopped accepting (open connections finish)"
+                ));
+            }
+        }
+        for l in &new.listeners {
+            if let Some(sockets) = fresh_sockets.remove(&l.name) {
+                if let Some(r) = running.remove(&l.name) {
+                    r.stop.cancel();
+                }
+                drop(running);
+                let started = self.start_listener(l, sockets);
+                running = lock(&self.running);
+                match started {
+                    Ok(()) => summary.changes.push(format!(
+                        "listener {}: listening on {}",
+                        l.name,
+                        join(&l.listen)
+                    )),
+                    Err(e) => summary
+                        .changes
+                        .push(format!("listener {}: cannot start: {e}", l.name)),
+                }
+            } else if let Some(r) = running.get_mut(&l.name) {
+                if r.settings != *l {
+                    let old_ctx = r.slot.current();
+                    let limit = if r.settings.max_connections == l.max_connections {
+                        old_ctx.limit.clone()
+                    } else {
+                        l.max_connections.map(|n| Arc::new(Semaphore::new(n)))
+                    };
+                    if let Some(ctx) = self.listener_ctx(l, limit) {
+                        r.slot.replace(ctx);
+                        r.settings = l.clone();
+                        summary
+                            .changes
+                            .push(format!("listener {}: new settings", l.name));
+                    }
+                }
+            }
+        }
+        drop(running);
+
+        if old.runtime.workers != new.runtime.workers {
+            summary.needs_restart.push("runtime.workers".to_string());
+        }
+        if old.runtime.access_log != new.runtime.access_log {
+            summary.needs_restart.push("runtime.access_log".to_string());
+        }
+        if old.admin != new.admin {
+            summary.needs_restart.push("admin".to_string());
+        }
+        let mut kept = new.clone();
+        // What only a restart applies stays as it is, so that `config()` tells the truth.
+        kept.runtime.workers = old.runtime.workers;
+        kept.runtime.access_log = old.runtime.access_log.clone();
+        kept.admin = old.admin.clone();
+        *write(&self.config) = Arc::new(kept);
+        for c in &summary.changes {
+            tracing::info!(change = %c, "reload");
+        }
+        for r in &summary.needs_restart {
+            tracing::warn!(setting = %r, "reload: this change needs a restart");
+        }
+        Ok(summary)
+    }
+
+    fn listener_ctx(
+        &self,
+        settings: &model::Listener,
+        limit: Option<Arc<Semaphore>>,
+    ) -> Option<Arc<ListenerCtx>> {
+        let pool = self.pool(&settings.pool)?;
+        let stats = self.listener_stats(&settings.name)?;
+        Some(Arc::new(ListenerCtx {
+            name: Arc::from(settings.name.as_str()),
+            settings: settings.clone(),
+            pool,
+            shared: Arc::clone(&self.shared),
+            stats,
+            limit,
+        }))
+    }
+
+    fn start_listener(
+        &self,
+        settings: &model::Listener,
+        sockets: Vec<std::net::TcpListener>,
+    ) -> io::Result<()> {
+        let limit = settings
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(n)));
+        let ctx = self.listener_ctx(settings, limit).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no pool named {:?} in the config", settings.pool),
+            )
+        })?;
+        let slot = ListenerSlot::new(ctx);
+        let stop = self.stop.child_token();
+        for socket in sockets {
+            let listener = TcpListener::from_std(socket)?;
+            tracing::info!(listener = %settings.name, addr = %listener.local_addr()?, pool = %settings.pool, "listening");
+            self.shared
+                .tasks
+                .spawn(accept_loop(Arc::clone(&slot), listener, stop.clone()));
+        }
+        lock(&self.running).insert(
+            settings.name.clone(),
+            Running {
+                settings: settings.clone(),
+                slot,
+                stop,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Whether a listener's sockets must be bound again: addresses, backlog or socket
+/// options changed (accepted connections inherit their options from the listening
+/// socket). The new sockets bind beside the old ones (`SO_REUSEPORT`) before the old
+/// ones close. Port 0 means "any free port" and is not rebound for that alone.
+fn needs_rebind(old: &model::Listener, new: &model::Listener) -> bool {
+    old.listen != new.listen || old.backlog != new.backlog || old.tcp != new.tcp
+}
+
+fn join(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
 }

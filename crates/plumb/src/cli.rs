@@ -22,7 +22,7 @@ pub struct Args {
 enum Command {
     /// Run the load balancer.
     #[command(
-        after_help = "Examples:\n  plumb serve -c examples/tcp.toml\n  RUST_LOG=debug plumb serve -c plumb.toml\n\nSIGTERM or Ctrl-C: stop accepting, let open connections finish for\nruntime.shutdown_grace (default 30s), then close them and exit 0."
+        after_help = "Examples:\n  plumb serve -c examples/tcp.toml\n  RUST_LOG=debug plumb serve -c plumb.toml\n\nSIGTERM or Ctrl-C: stop accepting, let open connections finish for\nruntime.shutdown_grace (default 30s), then close them and exit 0.\nSIGHUP (or POST /api/v1/reload): re-read the file and apply the difference\nwithout cutting connections."
     )]
     Serve {
         /// The config file.
@@ -100,26 +100,47 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.build()?)
 }
 
-/// Installs the signal handlers now (so a SIGTERM right after start is already
-/// graceful) and returns a future that resolves on SIGTERM or SIGINT. SIGHUP is caught
-/// and logged, so that it cannot kill the process (reload is not supported yet).
-/// Must be called inside the runtime.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    let hup = signal(SignalKind::hangup());
-    async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (term, int, hup) else {
-            tracing::warn!("cannot install signal handlers; only Ctrl-C will stop plumb");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// The signals plumb acts on, installed as soon as the runtime exists so that a
+/// SIGTERM right after start is already graceful (and a SIGHUP cannot kill plumb).
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must be called inside the runtime.
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let get = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(signal = name, error = %e, "cannot install a signal handler");
+                None
+            }
         };
+        Signals {
+            term: get(SignalKind::terminate(), "SIGTERM"),
+            int: get(SignalKind::interrupt(), "SIGINT"),
+            hup: get(SignalKind::hangup(), "SIGHUP"),
+        }
+    }
+
+    /// Resolves on SIGTERM or SIGINT; calls `on_hup` on each SIGHUP meanwhile.
+    async fn shutdown(mut self, mut on_hup: impl FnMut()) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "signal received"); return; }
-                _ = int.recv() => { tracing::info!(signal = "SIGINT", "signal received"); return; }
-                _ = hup.recv() => tracing::warn!(signal = "SIGHUP", "config reload is not supported yet; restart plumb to apply changes"),
+                () = recv(&mut self.term) => { tracing::info!(signal = "SIGTERM", "signal received"); return; }
+                () = recv(&mut self.int) => { tracing::info!(signal = "SIGINT", "signal received"); return; }
+                () = recv(&mut self.hup) => { tracing::info!(signal = "SIGHUP", "signal received: reloading the config"); on_hup(); }
             }
         }
     }

@@ -677,3 +677,55 @@ fn demo_runs_as_its_help_suggests() {
     origin_of(&http_get(proxy));
     stop_demo(p);
 }
+
+#[test]
+fn sighup_reloads_the_file_without_cutting_connections() {
+    let backend = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, addr) = start_serve(backend, dir.path());
+    let mut open = connect(addr);
+    echo_round_trip(&mut open, b"before");
+
+    // An invalid file: refused with its error, nothing changes.
+    let file = dir.path().join("serve.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{good}\n[pool.drain]\nbogus = 1\n")).unwrap();
+    p.signal("HUP");
+    assert!(
+        p.wait_stderr("reload refused", Duration::from_secs(5)),
+        "{}",
+        p.stderr()
+    );
+    assert!(
+        p.stderr().contains("pool[0].drain.bogus: unknown key"),
+        "{}",
+        p.stderr()
+    );
+    echo_round_trip(&mut open, b"still");
+
+    // A second listener added to the file starts on SIGHUP; the open connection on
+    // the first goes on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let second = SocketAddr::from(([127, 0, 0, 1], port));
+    std::fs::write(
+        &file,
+        format!("{good}\n[[listener]]\nname = \"second\"\nlisten = \"{second}\"\npool = \"app\"\n"),
+    )
+    .unwrap();
+    p.signal("HUP");
+    assert!(
+        p.wait_stderr("listener second: listening", Duration::from_secs(5)),
+        "{}",
+        p.stderr()
+    );
+    echo_round_trip(&mut connect(second), b"second");
+    echo_round_trip(&mut open, b"after");
+    p.signal("TERM");
+    assert!(p
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}

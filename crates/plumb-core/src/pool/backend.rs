@@ -72,6 +72,11 @@ pub struct Backend {
     /// balancer's lock.
     pub(super) current: AtomicI64,
     details: Mutex<Details>,
+    /// Listed in the config file (as opposed to registered through the admin API).
+    from_config: bool,
+    /// The admin API changed it (registered, reweighted, drained): a reload leaves it
+    /// alone.
+    api_managed: AtomicBool,
     /// Pre-opened idle connections (`upstream.preconnect`), newest last.
     idle: Mutex<Vec<super::preconnect::Idle>>,
     /// Cancelled when the backend leaves its pool: stops its health checker.
@@ -110,9 +115,31 @@ impl Backend {
             picked: AtomicU64::new(0),
             current: AtomicI64::new(0),
             details: Mutex::new(Details::default()),
+            from_config: false,
+            api_managed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             gone: CancellationToken::new(),
         }
+    }
+
+    /// Marks a backend as listed in the config file.
+    pub(crate) fn from_config(mut self) -> Backend {
+        self.from_config = true;
+        self
+    }
+
+    /// Whether the config file lists it.
+    pub fn is_from_config(&self) -> bool {
+        self.from_config
+    }
+
+    /// Whether the admin API changed it, so that a reload leaves it alone.
+    pub fn is_api_managed(&self) -> bool {
+        self.api_managed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_api_managed(&self) {
+        self.api_managed.store(true, Ordering::Relaxed);
     }
 
     /// Where to connect.

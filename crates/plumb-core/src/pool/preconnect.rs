@@ -50,8 +50,14 @@ pub(crate) fn close(idle: Idle) {
 }
 
 /// Keeps `want` idle connections to `b` while it is available.
-pub(crate) async fn keep(pool: Arc<Pool>, b: Arc<Backend>, want: usize, idle_timeout: Duration) {
-    let settings = pool.settings().clone();
+pub(crate) async fn keep(
+    pool: Arc<Pool>,
+    b: Arc<Backend>,
+    want: usize,
+    idle_timeout: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let settings = pool.settings();
     loop {
         let now = Instant::now();
         // Expire old and dead connections; drop all if the backend may not be used.
@@ -82,7 +88,7 @@ pub(crate) async fn keep(pool: Arc<Pool>, b: Arc<Backend>, want: usize, idle_tim
         }
         tokio::select! {
             () = b.gone.cancelled() => break,
-            () = pool.stopped().cancelled() => break,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(pause) => {}
         }
     }

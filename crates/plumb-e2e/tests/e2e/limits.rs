@@ -45,7 +45,7 @@ async fn over_the_limit_is_reset_at_once() {
         "max_connections = 2",
     ))
     .await;
-    let stats = std::sync::Arc::clone(plumb.server.listener_stats("front").unwrap());
+    let stats = plumb.server.listener_stats("front").unwrap();
 
     let mut held1 = connect(plumb.addr()).await;
     echo_once(&mut held1, b"one").await;

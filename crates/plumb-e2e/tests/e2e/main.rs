@@ -2,9 +2,14 @@
 //! real sockets. Each module covers one promise; `support` starts plumb and peers.
 
 mod accesslog;
+mod admin;
+mod backend_limit;
 mod balance;
 mod bytes;
 mod close;
+mod drain;
+mod ejection;
+mod health;
 mod ipv6;
 mod limits;
 mod proxy_proto;
@@ -12,3 +17,5 @@ mod retry;
 mod sockopt;
 mod support;
 mod timeouts;
+mod preconnect;
+mod reload;

@@ -14,7 +14,7 @@ const NAMES: [&str; 3] = ["origin-a", "origin-b", "origin-c"];
 pub fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> anyhow::Result<ExitCode> {
     let rt = super::runtime(None)?;
     rt.block_on(async {
-        let signals = super::shutdown_signal();
+        let signals = super::Signals::install();
         let mut origins = Vec::new();
         for name in NAMES {
             let l = TcpListener::bind("127.0.0.1:0").await.context("cannot bind a demo origin on 127.0.0.1")?;
@@ -50,15 +50,8 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> anyhow::Resu
         println!("Each request names the origin that answered. The access log (one JSON line");
         println!("per connection) goes to stderr. Ctrl-C stops the demo.");
         let server = std::sync::Arc::new(Server::new(&config, AccessLog::stderr()));
-        super::serve::run_with_admin(
-            server,
-            bound,
-            admin_listener,
-            None,
-            "demo".to_string(),
-            signals,
-        )
-        .await?;
+        let admin = plumb_admin::Admin::new(std::sync::Arc::clone(&server), None, "demo".to_string(), None);
+        super::serve::run_with_admin(server, bound, admin_listener, admin, signals).await?;
         drop(origins);
         anyhow::Ok(())
     })?;

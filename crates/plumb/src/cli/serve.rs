@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use plumb_config::Config;
 use plumb_core::Server;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -28,12 +27,12 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let checksum = format!("sha256:{:x}", Sha256::digest(text.as_bytes()));
+    let checksum = plumb_admin::reload::checksum(&text);
     let token = read_token(&config)?;
     let access_log = Server::open_access_log(&config).context("cannot open the access log")?;
     let rt = super::runtime(config.runtime.workers)?;
     rt.block_on(async {
-        let signals = super::shutdown_signal();
+        let signals = super::Signals::install();
         let bound = plumb_core::bind_all(&config)?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -45,34 +44,53 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             })?;
         tracing::info!(addr = %config.admin.listen, token = token.is_some(), "admin API listening");
         let server = Arc::new(Server::new(&config, access_log));
-        run_with_admin(server, bound, admin_listener, token, checksum, signals).await
+        let admin = plumb_admin::Admin::new(
+            Arc::clone(&server),
+            token,
+            checksum,
+            Some(path.to_path_buf()),
+        );
+        run_with_admin(server, bound, admin_listener, admin, signals).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the data plane and the admin API until a signal; the admin API stays up
-/// through the shutdown grace period and stops last.
+/// Runs the data plane and the admin API until SIGTERM/SIGINT (SIGHUP reloads the
+/// config file, as `POST /api/v1/reload` does); the admin API stays up through the
+/// shutdown grace period and stops last.
 pub(super) async fn run_with_admin(
     server: Arc<Server>,
     bound: Vec<plumb_core::BoundListener>,
     admin_listener: tokio::net::TcpListener,
-    token: Option<String>,
-    config_checksum: String,
-    shutdown: impl std::future::Future<Output = ()>,
+    admin: plumb_admin::Admin,
+    signals: super::Signals,
 ) -> anyhow::Result<()> {
-    let admin = Arc::new(plumb_admin::Admin {
-        server: Arc::clone(&server),
-        token,
-        config_checksum,
-    });
+    let admin = Arc::new(admin);
     let admin_stop = CancellationToken::new();
     let admin_task = {
         let stop = admin_stop.clone();
+        let admin = Arc::clone(&admin);
         tokio::spawn(async move {
             plumb_admin::serve(admin, admin_listener, stop.cancelled_owned()).await
         })
     };
-    let result = server.run(bound, shutdown).await;
+    let on_hup = {
+        let admin = Arc::clone(&admin);
+        move || match admin.reload() {
+            Ok(summary) => tracing::info!(
+                changes = summary.changes.len(),
+                needs_restart = summary.needs_restart.len(),
+                "reloaded"
+            ),
+            Err(plumb_admin::reload::Failed::Invalid(errors)) => {
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "reload refused: invalid config");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reload failed; nothing was changed"),
+        }
+    };
+    let result = server.run(bound, signals.shutdown(on_hup)).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     Ok(result?)
