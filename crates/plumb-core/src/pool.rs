@@ -107,7 +107,7 @@ impl Pool {
         let backends = cfg
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b.addr, b.weight).from_config()))
+            .map(|b| Arc::new(Backend::new(b.addr, b.weight).listed_in_config()))
             .collect();
         let stop = CancellationToken::new();
         Arc::new(Pool {
@@ -177,7 +177,7 @@ impl Pool {
                     }
                 }
                 None => {
-                    self.add(Arc::new(Backend::new(spec.addr, spec.weight).from_config()));
+                    self.add(Arc::new(Backend::new(spec.addr, spec.weight).listed_in_config()));
                     changes.added.push(spec.addr);
                 }
             }

@@ -123,7 +123,7 @@ impl Backend {
     }
 
     /// Marks a backend as listed in the config file.
-    pub(crate) fn from_config(mut self) -> Backend {
+    pub(crate) fn listed_in_config(mut self) -> Backend {
         self.from_config = true;
         self
     }
