@@ -1,5 +1,10 @@
 //! plumb end to end: plumb runs in-process on loopback; clients and backends are
 //! real sockets. Each module covers one promise; `support` starts plumb and peers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test binary: a failed unwrap is a failed test"
+)]
 
 mod accesslog;
 mod admin;
