@@ -177,7 +177,9 @@ impl Pool {
                     }
                 }
                 None => {
-                    self.add(Arc::new(Backend::new(spec.addr, spec.weight).listed_in_config()));
+                    self.add(Arc::new(
+                        Backend::new(spec.addr, spec.weight).listed_in_config(),
+                    ));
                     changes.added.push(spec.addr);
                 }
             }
