@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::support::{config, echo, echo_on, named, read_to_end, Plumb};
+use crate::support::{blackhole, config, echo, echo_on, named, read_to_end, Plumb};
 
 /// Bound on one admin request, connect to last byte.
 const REQUEST_LIMIT: Duration = Duration::from_secs(5);
@@ -416,6 +416,48 @@ async fn put_registers_a_backend_that_then_takes_traffic() {
     assert_eq!(api.backend("app", b1.addr).await.unwrap()["weight"], 5);
 }
 
+/// `slow_start`: a backend registered through the API starts at a tenth of its
+/// weight and reaches all of it after the ramp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_backend_ramps_up_with_slow_start() {
+    let b0 = named("b0").await;
+    let b1 = named("b1").await;
+    let plumb = Plumb::start(&config(&[b0.addr.to_string()], "slow_start = \"1s\"", "")).await;
+    let api = start_admin(&plumb, None).await;
+    let r = api.call("PUT", &path_of(b1.addr), None).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let registered = Instant::now();
+
+    // Right after registering: weight 0.1 against 1, so about 1 in 11.
+    let mut names = Vec::new();
+    for _ in 0..11 {
+        let (name, _s) = connect_named(plumb.addr()).await;
+        names.push(name);
+    }
+    assert!(
+        registered.elapsed() < Duration::from_millis(300),
+        "too slow to see the start of the ramp"
+    );
+    let early = names.iter().filter(|n| *n == "b1").count();
+    assert!(
+        early <= 2,
+        "a new backend got {early} of 11 at the start of its ramp: {names:?}"
+    );
+
+    // After the ramp: an equal share.
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(registered.elapsed())).await;
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        let (name, _s) = connect_named(plumb.addr()).await;
+        names.push(name);
+    }
+    let late = names.iter().filter(|n| *n == "b1").count();
+    assert!(
+        (4..=6).contains(&late),
+        "after the ramp b1 got {late} of 10: {names:?}"
+    );
+}
+
 /// Every rejected request: its status, its error code, and the pools unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_rejected_and_change_nothing() {
@@ -791,6 +833,8 @@ async fn connection_table_lists_open_connections() {
     assert_eq!(c["state"], "established", "{c}");
     assert!(c["id"].as_u64().is_some(), "{c}");
     assert!(c["age_ms"].as_u64().is_some(), "{c}");
+    let st = api.get_json("/api/v1/status").await;
+    assert_eq!(st["connections"], 1, "{st}");
 
     // The client half-closes; the backend keeps its side open.
     s.shutdown().await.unwrap();
@@ -823,4 +867,59 @@ async fn connection_table_lists_open_connections() {
     let log = plumb.wait_log(1).await;
     assert_eq!(log[0]["end"], "client_closed", "{}", log[0]);
     task.abort();
+}
+
+/// A connection whose backend does not answer the SYN is listed as `connecting`, with
+/// the backend it is trying; when the client resets meanwhile it leaves the table at
+/// once instead of waiting out the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_table_shows_connecting() {
+    let hole = blackhole();
+    let plumb = Plumb::start(&config(
+        &[hole.addr.to_string()],
+        "[pool.timeouts]\nconnect = \"3s\"",
+        "",
+    ))
+    .await;
+    let api = start_admin(&plumb, None).await;
+
+    let s = TcpStream::connect(plumb.addr()).await.unwrap();
+    let client = s.local_addr().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let c = loop {
+        let conns = api.get_json("/api/v1/connections").await;
+        if conns[0]["state"] == "connecting" && conns[0]["backend"] == hole.addr.to_string() {
+            break conns[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not listed as connecting: {conns}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(c["client"], client.to_string(), "{c}");
+    assert_eq!(c["bytes_from_client"], 0, "{c}");
+    assert_eq!(c["bytes_to_client"], 0, "{c}");
+
+    // The client gives up with an RST.
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let t0 = Instant::now();
+    loop {
+        let conns = api.get_json("/api/v1/connections").await;
+        if conns == json!([]) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "still listed {:?} after the client reset: {conns}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = plumb.wait_log(1).await;
+    assert_eq!(log[0]["cause"], "client_reset", "{}", log[0]);
+    assert_eq!(log[0]["attempts"], 1, "{}", log[0]);
 }

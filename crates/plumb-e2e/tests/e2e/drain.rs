@@ -190,6 +190,17 @@ async fn drain_stops_new_connections_and_resets_open_ones_at_the_deadline() {
         assert_eq!(l["cause"], "backend_drained", "{l}");
         assert_eq!(l["end"], "backend_drained", "{l}");
     }
+
+    // A PUT takes the drained backend back into rotation.
+    let r = api.call("PUT", &backend_path(a.addr), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["result"], "restored", "{r:?}");
+    assert_eq!(
+        api.backend("app", a.addr).await.unwrap()["state"],
+        "healthy"
+    );
+    let (to_a, _to_b) = open(&plumb, 4).await;
+    assert_eq!(to_a.len(), 2, "a restored backend takes its share again");
 }
 
 /// With `on_timeout = "close"` the client of a drained backend gets an orderly EOF,

@@ -164,7 +164,11 @@ async fn consecutive_failures_eject_a_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_ejected_still_attempts() {
     let r1 = refusing_addr();
-    let r2 = refusing_addr();
+    // Two distinct addresses (a freed port can come back at once).
+    let r2 = (0..10)
+        .map(|_| refusing_addr())
+        .find(|a| *a != r1)
+        .expect("ten free ports in a row were the same");
     let plumb = Plumb::start(&pool_toml(
         &[r1, r2],
         "connect_attempts = 2\n[pool.passive]\nconsecutive_failures = 1\nejection = \"10s\"\n",

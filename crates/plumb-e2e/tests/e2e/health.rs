@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::admin::{connect_named, echo_round_trip, start_admin, AdminApi};
-use crate::support::{named, Plumb};
+use crate::support::{blackhole, named, Plumb};
 
 const TCP_CHECKS: &str =
     "[pool.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n";
@@ -167,6 +167,14 @@ enum Seen {
 /// A backend that accepts, reads until EOF or error (sending nothing), and reports
 /// what it saw.
 async fn recording_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>, JoinHandle<()>) {
+    recording_backend_with_banner(b"").await
+}
+
+/// As [`recording_backend`], writing `banner` first on each connection (as SMTP or
+/// SSH servers do).
+async fn recording_backend_with_banner(
+    banner: &'static [u8],
+) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>, JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -174,6 +182,10 @@ async fn recording_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>, Join
         while let Ok((mut s, _)) = l.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
+                if !banner.is_empty() && s.write_all(banner).await.is_err() {
+                    let _ = tx.send(Seen::Other("banner write failed".into()));
+                    return;
+                }
                 let mut buf = [0u8; 256];
                 let seen = loop {
                     match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
@@ -216,6 +228,55 @@ async fn tcp_checks_close_with_fin() {
     assert!(seen.iter().all(|s| *s == Seen::Eof), "{seen:?}");
     drop(plumb);
     task.abort();
+}
+
+/// A backend that speaks first (a banner the check never asks for) still sees an
+/// orderly close: the check reads what was sent before it lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checks_close_with_fin_after_a_banner() {
+    let (addr, mut rx, task) =
+        recording_backend_with_banner(b"220 mail.example ESMTP ready\r\n").await;
+    let plumb = Plumb::start(&pool_toml(
+        &[addr],
+        "[pool.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n",
+    ))
+    .await;
+    let seen = collect(&mut rx, 5).await;
+    assert!(seen.iter().all(|s| *s == Seen::Eof), "{seen:?}");
+    drop(plumb);
+    task.abort();
+}
+
+/// A backend that never answers the SYN is marked down with reason "connect timeout
+/// after 300ms".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_syn_is_a_connect_timeout() {
+    let hole = blackhole();
+    let b = named("B_").await;
+    let plumb = Plumb::start(&pool_toml(&[hole.addr, b.addr], TCP_CHECKS)).await;
+    let api = start_admin(&plumb, None).await;
+    let (view, _) = api
+        .expect_backend(
+            "app",
+            hole.addr,
+            Duration::from_secs(3),
+            "unhealthy",
+            state_is("unhealthy"),
+        )
+        .await;
+    let view = view.unwrap();
+    assert_eq!(
+        view["last_check"]["reason"], "connect timeout after 300ms",
+        "{view}"
+    );
+    assert_eq!(
+        view["reason"], "health check failed: connect timeout after 300ms",
+        "{view}"
+    );
+    assert_eq!(
+        api.backend("app", b.addr).await.unwrap()["state"],
+        "healthy"
+    );
 }
 
 /// `close = "rst"`: the backend sees each check end with a reset.
@@ -486,4 +547,105 @@ async fn marked_down_keeps_open_connections_when_configured() {
     s.shutdown().await.unwrap();
     drop(s);
     keep_b.abort();
+}
+
+/// A backend registered through the API is health-checked like the others; once
+/// deregistered and removed, its checks stop (no checker outlives its backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_backends_are_checked_until_removed() {
+    let b = named("B_").await;
+    let (addr, mut rx, task) = recording_backend().await;
+    let plumb = Plumb::start(&pool_toml(
+        &[b.addr],
+        "[pool.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n",
+    ))
+    .await;
+    let api = start_admin(&plumb, None).await;
+    let path = format!("/api/v1/pools/app/backends/{addr}");
+    let r = api.call("PUT", &path, None).await;
+    assert_eq!(r.status, 201, "{r:?}");
+
+    // Checked: connections arrive, each closed with FIN, and the API shows the result.
+    let seen = collect(&mut rx, 3).await;
+    assert!(seen.iter().all(|s| *s == Seen::Eof), "{seen:?}");
+    api.expect_backend("app", addr, Duration::from_secs(1), "checked", |v| {
+        v.is_some_and(|v| v["last_check"]["reason"] == "ok")
+    })
+    .await;
+
+    // Deregistered with nothing open: removed at once, and checks stop.
+    let r = api.call("DELETE", &path, None).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    api.expect_backend("app", addr, Duration::from_secs(1), "removed", |v| {
+        v.is_none()
+    })
+    .await;
+    // A check already under way may still finish; after that, nothing.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    while rx.try_recv().is_ok() {}
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = 0;
+    while rx.try_recv().is_ok() {
+        late += 1;
+    }
+    assert_eq!(
+        late, 0,
+        "{late} health checks reached a removed backend in 500 ms"
+    );
+    task.abort();
+}
+
+/// HTTP checks close with FIN too, even when the backend sends a large body and keeps
+/// the connection open after it (ignoring `Connection: close`): the check reads what
+/// was sent, so the backend reads an orderly EOF, never a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_checks_close_with_fin_after_a_large_response() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = vec![b'x'; 64 * 1024];
+                let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                    .into_bytes();
+                resp.extend_from_slice(&body);
+                if s.write_all(&resp).await.is_err() {
+                    let _ = tx.send(Seen::Other("write failed".into()));
+                    return;
+                }
+                // Keep the connection open; report how the checker ends it.
+                let seen =
+                    match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+                        Err(_) => Seen::Other("no close within 3 s".into()),
+                        Ok(Ok(0)) => Seen::Eof,
+                        Ok(Ok(n)) => Seen::Other(format!("{n} unexpected bytes")),
+                        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionReset => Seen::Reset,
+                        Ok(Err(e)) => Seen::Other(e.to_string()),
+                    };
+                let _ = tx.send(seen);
+            });
+        }
+    });
+    let plumb = Plumb::start(&pool_toml(
+        &[addr],
+        "[pool.health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n",
+    ))
+    .await;
+    let api = start_admin(&plumb, None).await;
+    let seen = collect(&mut rx, 4).await;
+    assert!(seen.iter().all(|s| *s == Seen::Eof), "{seen:?}");
+    let v = api.backend("app", addr).await.unwrap();
+    assert_eq!(v["state"], "healthy", "{v}");
+    assert_eq!(v["last_check"]["reason"], "ok", "{v}");
+    task.abort();
 }

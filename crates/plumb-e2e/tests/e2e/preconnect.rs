@@ -26,10 +26,16 @@ async fn counting() -> Counting {
     let accepted = Arc::new(AtomicUsize::new(0));
     let open = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
-    let (a, o, c) = (Arc::clone(&accepted), Arc::clone(&open), Arc::clone(&closed));
+    let (a, o, c) = (
+        Arc::clone(&accepted),
+        Arc::clone(&open),
+        Arc::clone(&closed),
+    );
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let n = a.fetch_add(1, Ordering::SeqCst) + 1;
             o.fetch_add(1, Ordering::SeqCst);
             let (o, c) = (Arc::clone(&o), Arc::clone(&c));
@@ -51,7 +57,13 @@ async fn counting() -> Counting {
             });
         }
     });
-    Counting { addr, accepted, open, closed, _task: task }
+    Counting {
+        addr,
+        accepted,
+        open,
+        closed,
+        _task: task,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +71,11 @@ async fn no_backend_connection_without_a_client_by_default() {
     let b = counting().await;
     let _plumb = Plumb::start(&config(&[b.addr.to_string()], "", "")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(b.accepted.load(Ordering::SeqCst), 0, "plumb opened a connection nobody asked for");
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        0,
+        "plumb opened a connection nobody asked for"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,25 +88,49 @@ async fn preconnect_keeps_n_idle_expires_them_and_hands_them_to_clients() {
     ))
     .await;
     // Two idle connections appear, and never more.
-    assert!(eventually(Duration::from_secs(2), || b.open.load(Ordering::SeqCst) == 2).await);
+    assert!(
+        eventually(Duration::from_secs(2), || b.open.load(Ordering::SeqCst)
+            == 2)
+        .await
+    );
     let t0 = tokio::time::Instant::now();
     for _ in 0..20 {
         assert!(b.open.load(Ordering::SeqCst) <= 2);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // After idle_timeout they are closed (the backend reads EOF) and replaced.
-    assert!(eventually(Duration::from_secs(2), || b.closed.load(Ordering::SeqCst) >= 2).await);
-    assert!(t0.elapsed() >= Duration::from_millis(350), "closed before idle_timeout");
-    assert!(eventually(Duration::from_secs(2), || b.open.load(Ordering::SeqCst) == 2).await);
+    assert!(
+        eventually(Duration::from_secs(2), || b.closed.load(Ordering::SeqCst)
+            >= 2)
+        .await
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "closed before idle_timeout"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || b.open.load(Ordering::SeqCst)
+            == 2)
+        .await
+    );
 
     // A client gets one of the pre-opened connections: its greeting carries a number
     // the backend handed out before the client connected.
     let before = b.accepted.load(Ordering::SeqCst);
     let mut c = TcpStream::connect(plumb.addr()).await.unwrap();
     let mut greeting = [0u8; 9];
-    tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut greeting)).await.unwrap().unwrap();
-    let n: usize = std::str::from_utf8(&greeting[5..8]).unwrap().parse().unwrap();
-    assert!(n <= before, "got connection {n}, but {before} were open before the client came");
+    tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut greeting))
+        .await
+        .unwrap()
+        .unwrap();
+    let n: usize = std::str::from_utf8(&greeting[5..8])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        n <= before,
+        "got connection {n}, but {before} were open before the client came"
+    );
     c.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];
     c.read_exact(&mut echo).await.unwrap();
