@@ -729,3 +729,22 @@ fn sighup_reloads_the_file_without_cutting_connections() {
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 }
+
+#[test]
+fn serve_refuses_a_non_loopback_admin_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "open-admin.toml",
+        "[admin]\nlisten = \"0.0.0.0:0\"\n\n[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n",
+    );
+    let out = plumb(&["serve", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("admin.listen: 0.0.0.0:0 is not a loopback address")
+            && err.contains("admin.token_file"),
+        "{err}"
+    );
+    assert!(err.contains("not starting"), "{err}");
+}
