@@ -64,8 +64,17 @@ fn status(admin: &Admin) -> Response<Full<Bytes>> {
             ListenerStatus {
                 name: l.name.clone(),
                 listen: l.listen.iter().map(ToString::to_string).collect(),
-                protocol: "tcp",
+                protocol: l.protocol.as_str(),
                 pool: l.pool.clone(),
+                routes: l
+                    .routes
+                    .iter()
+                    .map(|r| RouteView {
+                        host: r.host.clone(),
+                        path_prefix: r.path_prefix.clone(),
+                        pool: r.pool.clone(),
+                    })
+                    .collect(),
                 max_connections: l.max_connections,
                 accepted: stats.as_ref().map_or(0, |s| s.accepted()),
                 refused: stats.as_ref().map_or(0, |s| s.refused()),
@@ -91,6 +100,7 @@ fn status(admin: &Admin) -> Response<Full<Bytes>> {
 fn pool_view(p: &Pool) -> PoolView {
     let now = p.now_ms();
     PoolView {
+        idle_connections: p.idle_connections(),
         name: p.name().to_string(),
         balance: p.settings().balance.as_str(),
         health_checks: p.settings().health.as_ref().map(|h| match h.kind {

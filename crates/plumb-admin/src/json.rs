@@ -16,7 +16,8 @@ pub(crate) struct ListenerStatus {
     pub name: String,
     pub listen: Vec<String>,
     pub protocol: &'static str,
-    pub pool: String,
+    pub pool: Option<String>,
+    pub routes: Vec<RouteView>,
     pub max_connections: Option<usize>,
     pub accepted: u64,
     pub refused: u64,
@@ -24,6 +25,7 @@ pub(crate) struct ListenerStatus {
 
 #[derive(Serialize)]
 pub(crate) struct PoolView {
+    pub idle_connections: usize,
     pub name: String,
     pub balance: &'static str,
     pub health_checks: Option<&'static str>,
@@ -110,4 +112,11 @@ pub(crate) struct InvalidConfig {
     pub error: &'static str,
     pub detail: &'static str,
     pub errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct RouteView {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub pool: String,
 }

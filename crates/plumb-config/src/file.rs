@@ -46,9 +46,12 @@ pub struct Listener {
     pub expose_error_details: Option<Value>,
     pub tcp: Option<Tcp>,
     pub timeouts: Option<ListenerTimeouts>,
-    // Parsed so that they are not "unknown", and refused as not yet supported.
-    pub tls: Option<Value>,
     pub route: Option<Value>,
+    pub request_id_header: Option<Value>,
+    pub keep_request_id: Option<Value>,
+    pub max_header_bytes: Option<Value>,
+    // Parsed so that it is not "unknown", and refused as not yet supported.
+    pub tls: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +75,7 @@ pub struct Pool {
     pub upstream: Option<Upstream>,
     pub passive: Option<Passive>,
     pub slow_start: Option<Value>,
+    pub retry_budget_percent: Option<Value>,
     // Parsed so that it is not "unknown", and refused as not yet supported.
     pub discovery: Option<Value>,
 }

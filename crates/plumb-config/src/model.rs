@@ -63,6 +63,32 @@ pub struct Admin {
 pub enum Protocol {
     /// Bytes in, bytes out (L4).
     Tcp,
+    /// HTTP/1.1 and HTTP/2 (h2c), proxied request by request (L7).
+    Http,
+}
+
+impl Protocol {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// `[[listener.route]]`: requests matching `host` and `path_prefix` go to `pool`.
+/// Routes are tried in file order; the first match wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Exact host (`api.example.com`) or a leading wildcard (`*.example.com`),
+    /// lowercase, without port. `None`: any host.
+    pub host: Option<String>,
+    /// Path prefix, matched on whole segments (`/api` matches `/api` and `/api/x`,
+    /// not `/apix`). `None`: any path.
+    pub path_prefix: Option<String>,
+    /// The pool.
+    pub pool: String,
 }
 
 /// `[[listener]]`.
@@ -80,8 +106,20 @@ pub struct Listener {
     /// At this many open client connections, a new one is accepted and reset at once
     /// (cause `listener_connection_limit`) rather than left in the kernel's queues.
     pub max_connections: Option<usize>,
-    /// The pool connections go to.
-    pub pool: String,
+    /// The pool connections go to (for HTTP: requests no route matches). Required for
+    /// TCP listeners.
+    pub pool: Option<String>,
+    /// HTTP: routes to pools by host and path.
+    pub routes: Vec<Route>,
+    /// HTTP: a client connection with no request in flight is closed after this long.
+    /// Default 60 s.
+    pub keepalive_idle: Duration,
+    /// HTTP: the request-id header. Default `plumb-request-id`.
+    pub request_id_header: String,
+    /// HTTP: keep a request id the client sent (default true) instead of making one.
+    pub keep_request_id: bool,
+    /// HTTP: the largest request head accepted; larger gets 431. Default 64 KiB.
+    pub max_header_bytes: usize,
     /// Read a PROXY protocol header (v1 or v2) from each client first: the client
     /// address it carries replaces the peer address. Only for a trusted front.
     pub accept_proxy: bool,
@@ -89,7 +127,8 @@ pub struct Listener {
     pub expose_error_details: bool,
     /// Socket options for client connections.
     pub tcp: TcpOptions,
-    /// Bound on reading what plumb must read before proxying (the PROXY header).
+    /// Bound on reading what plumb must read before proxying: the PROXY header, and
+    /// for HTTP each request head (slowloris). Default 10 s.
     pub header_read: Duration,
 }
 
@@ -164,6 +203,9 @@ pub struct Pool {
     pub passive: Passive,
     /// A backend coming (back) up ramps its weight from 1/10 to full over this long.
     pub slow_start: Option<Duration>,
+    /// HTTP: retries may add at most this share of the pool's requests, in percent.
+    /// Default 20: retries help with one bad backend and cannot multiply an overload.
+    pub retry_budget_percent: u32,
 }
 
 /// `pool.health`.
@@ -254,9 +296,12 @@ pub struct Upstream {
     /// backend connection only when a client needs one (incident 004: pre-opened idle
     /// connections froze a single-threaded backend).
     pub preconnect: usize,
-    /// A pre-opened connection unused for this long is closed. Default 30 s, shorter
-    /// than common backend keep-alive timeouts (60 s and up), so plumb closes first.
+    /// A pre-opened or kept-alive connection unused for this long is closed. Default
+    /// 30 s, shorter than common backend keep-alive timeouts (60 s and up), so plumb
+    /// closes first and never sends a request on a connection the backend is closing.
     pub idle_timeout: Duration,
+    /// HTTP: kept-alive idle connections per backend at most. Default 32.
+    pub max_idle_per_backend: usize,
 }
 
 /// `pool.passive`.
@@ -277,9 +322,15 @@ pub struct PoolTimeouts {
     /// Bound on each connect attempt. Default 3 s: one lost SYN (retransmitted after
     /// 1 s) still connects; a black-holed backend is abandoned quickly.
     pub connect: Duration,
-    /// A proxied TCP connection with no byte in either direction for this long is
-    /// closed. Default 1 h.
+    /// A proxied TCP connection (or an upgraded HTTP one, such as a WebSocket) with no
+    /// byte in either direction for this long is closed. Default 1 h.
     pub tunnel_idle: Duration,
+    /// HTTP: bound on waiting for the response head after the request was sent.
+    /// Default 30 s.
+    pub response_header: Duration,
+    /// HTTP: bound on the silence between two chunks of a request or response body.
+    /// Default 60 s.
+    pub idle: Duration,
 }
 
 /// TCP socket options of one leg (client or backend).
@@ -335,8 +386,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(3600);
 /// Default connect attempts.
 pub const DEFAULT_CONNECT_ATTEMPTS: usize = 3;
-/// Default bound on reading a PROXY header.
-pub const DEFAULT_HEADER_READ: Duration = Duration::from_secs(5);
+/// Default bound on reading a PROXY header or an HTTP request head.
+pub const DEFAULT_HEADER_READ: Duration = Duration::from_secs(10);
+/// Default keep-alive idle of HTTP client connections.
+pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Default bound on waiting for a response head.
+pub const DEFAULT_RESPONSE_HEADER: Duration = Duration::from_secs(30);
+/// Default bound on silence inside a body.
+pub const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(60);
+/// Default request-id header.
+pub const DEFAULT_REQUEST_ID_HEADER: &str = "plumb-request-id";
 /// Default health check interval.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default health check timeout.

@@ -368,3 +368,83 @@ fn port_zero_never_clashes() {
         ],
     );
 }
+
+#[test]
+fn http_listeners_and_routes() {
+    let text = r#"
+[[listener]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:8080"
+request_id_header = "X-Request-Id"
+[listener.timeouts]
+header_read = "5s"
+keepalive_idle = "30s"
+[[listener.route]]
+host = "API.example.com"
+path_prefix = "/v1/"
+pool = "api"
+[[listener.route]]
+host = "*.static.example.com"
+pool = "api"
+
+[[pool]]
+name = "api"
+backends = ["127.0.0.1:9001"]
+retry_budget_percent = 10
+[pool.timeouts]
+response_header = "5s"
+idle = "20s"
+"#;
+    let c = parse(text).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.protocol, Protocol::Http);
+    assert_eq!(l.pool, None);
+    assert_eq!(l.request_id_header, "x-request-id");
+    assert_eq!(l.keepalive_idle, Duration::from_secs(30));
+    assert_eq!(l.routes[0].host.as_deref(), Some("api.example.com"));
+    assert_eq!(l.routes[0].path_prefix.as_deref(), Some("/v1"));
+    assert_eq!(c.pools[0].timeouts.response_header, Duration::from_secs(5));
+    assert_eq!(c.pools[0].retry_budget_percent, 10);
+
+    let bad = r#"
+[[listener]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:8080"
+[[listener.route]]
+host = "bad host:80"
+pool = "nope"
+colour = 1
+[[listener.route]]
+pool = "api"
+
+[[listener]]
+name = "raw"
+listen = "127.0.0.1:8081"
+pool = "api"
+keep_request_id = false
+[[listener.route]]
+path_prefix = "/x"
+pool = "api"
+
+[[pool]]
+name = "api"
+backends = ["127.0.0.1:9001"]
+"#;
+    check(
+        bad,
+        &[
+            "listener[0].route[0].colour: unknown key",
+            r#"listener[0].route[0].host: "bad host:80" is not a host name (such as "api.example.com" or "*.example.com", no port)"#,
+            "listener[0].route[1]: a route needs host, path_prefix, or both",
+            r#"listener[1].route: only applies to protocol = "http""#,
+            r#"listener[1].keep_request_id: only applies to protocol = "http""#,
+            r#"listener[0].route[0].pool: pool "nope" does not exist"#,
+        ],
+    );
+    check(
+        "[[listener]]\nname = \"w\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:1\"\n[[pool]]\nname = \"p\"\nbackends = [\"127.0.0.1:2\"]\n",
+        &["listener[0].pool: missing: an http listener needs a default pool, routes, or both"],
+    );
+}

@@ -231,11 +231,21 @@ impl Validator {
         self.unique_names("listener", listeners.iter().map(|l| l.name.as_str()));
         let mut bound = HashSet::new();
         for (i, l) in listeners.iter().enumerate() {
-            if !l.pool.is_empty() && !pools.iter().any(|p| p.name == l.pool) {
-                self.err(
-                    &format!("listener[{i}].pool"),
-                    format!("pool {:?} does not exist", l.pool),
-                );
+            if let Some(pool) = &l.pool {
+                if !pool.is_empty() && !pools.iter().any(|p| &p.name == pool) {
+                    self.err(
+                        &format!("listener[{i}].pool"),
+                        format!("pool {pool:?} does not exist"),
+                    );
+                }
+            }
+            for (j, r) in l.routes.iter().enumerate() {
+                if !r.pool.is_empty() && !pools.iter().any(|p| p.name == r.pool) {
+                    self.err(
+                        &format!("listener[{i}].route[{j}].pool"),
+                        format!("pool {:?} does not exist", r.pool),
+                    );
+                }
             }
             for (j, addr) in l.listen.iter().enumerate() {
                 // Port 0 asks the kernel for a free port: never a clash.
@@ -365,13 +375,7 @@ impl Validator {
             None => Protocol::Tcp,
             Some(v) => match self.string(v, &format!("{path}.protocol")) {
                 Some("tcp") | None => Protocol::Tcp,
-                Some("http") => {
-                    self.err(
-                        &format!("{path}.protocol"),
-                        "\"http\" is not supported yet by this version of plumb (only \"tcp\")",
-                    );
-                    Protocol::Tcp
-                }
+                Some("http") => Protocol::Http,
                 Some(other) => {
                     self.err(
                         &format!("{path}.protocol"),
@@ -392,15 +396,78 @@ impl Validator {
             .and_then(|v| self.int(v, &format!("{path}.max_connections"), 1, 10_000_000))
             .map(|n| n as usize);
         let pool = match &l.pool {
-            Some(v) => self
-                .string(v, &format!("{path}.pool"))
-                .unwrap_or("")
-                .to_string(),
-            None => {
-                self.err(&format!("{path}.pool"), "missing (the name of a [[pool]])");
-                String::new()
-            }
+            Some(v) => self.string(v, &format!("{path}.pool")).map(str::to_string),
+            None => None,
         };
+        let routes = self.routes(l.route.as_ref(), &format!("{path}.route"));
+        match protocol {
+            Protocol::Tcp => {
+                if l.pool.is_none() {
+                    self.err(&format!("{path}.pool"), "missing (the name of a [[pool]])");
+                }
+                if l.route.is_some() {
+                    self.err(
+                        &format!("{path}.route"),
+                        "only applies to protocol = \"http\"",
+                    );
+                }
+                for (key, set) in [
+                    ("request_id_header", l.request_id_header.is_some()),
+                    ("keep_request_id", l.keep_request_id.is_some()),
+                    ("max_header_bytes", l.max_header_bytes.is_some()),
+                    (
+                        "timeouts.keepalive_idle",
+                        l.timeouts
+                            .as_ref()
+                            .is_some_and(|t| t.keepalive_idle.is_some()),
+                    ),
+                ] {
+                    if set {
+                        self.err(
+                            &format!("{path}.{key}"),
+                            "only applies to protocol = \"http\"",
+                        );
+                    }
+                }
+            }
+            Protocol::Http => {
+                if l.pool.is_none() && routes.is_empty() {
+                    self.err(
+                        &format!("{path}.pool"),
+                        "missing: an http listener needs a default pool, routes, or both",
+                    );
+                }
+            }
+        }
+        let request_id_header = match &l.request_id_header {
+            None => DEFAULT_REQUEST_ID_HEADER.to_string(),
+            Some(v) => match self.string(v, &format!("{path}.request_id_header")) {
+                Some(h)
+                    if !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    h.to_ascii_lowercase()
+                }
+                Some(h) => {
+                    self.err(
+                        &format!("{path}.request_id_header"),
+                        format!("{h:?} is not a header name"),
+                    );
+                    DEFAULT_REQUEST_ID_HEADER.to_string()
+                }
+                None => DEFAULT_REQUEST_ID_HEADER.to_string(),
+            },
+        };
+        let keep_request_id = match &l.keep_request_id {
+            None => true,
+            some => self.boolean(some.as_ref(), &format!("{path}.keep_request_id")),
+        };
+        let max_header_bytes = l
+            .max_header_bytes
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.max_header_bytes"), 8192, 1 << 20))
+            .map_or(64 * 1024, |n| n as usize);
         let accept_proxy = self.boolean(l.accept_proxy.as_ref(), &format!("{path}.accept_proxy"));
         let expose_error_details = self.boolean(
             l.expose_error_details.as_ref(),
@@ -408,19 +475,20 @@ impl Validator {
         );
         let tcp = self.tcp(l.tcp.as_ref(), &format!("{path}.tcp"));
         let mut header_read = DEFAULT_HEADER_READ;
+        let mut keepalive_idle = DEFAULT_KEEPALIVE_IDLE;
         if let Some(t) = &l.timeouts {
             header_read = self.positive_duration_or(
                 t.header_read.as_ref(),
                 &format!("{path}.timeouts.header_read"),
                 DEFAULT_HEADER_READ,
             );
-            self.unsupported(
+            keepalive_idle = self.positive_duration_or(
                 t.keepalive_idle.as_ref(),
                 &format!("{path}.timeouts.keepalive_idle"),
+                DEFAULT_KEEPALIVE_IDLE,
             );
         }
         self.unsupported(l.tls.as_ref(), &format!("{path}.tls"));
-        self.unsupported(l.route.as_ref(), &format!("{path}.route"));
         Listener {
             name,
             listen,
@@ -428,11 +496,82 @@ impl Validator {
             backlog,
             max_connections,
             pool,
+            routes,
+            keepalive_idle,
+            request_id_header,
+            keep_request_id,
+            max_header_bytes,
             accept_proxy,
             expose_error_details,
             tcp,
             header_read,
         }
+    }
+
+    fn routes(&mut self, v: Option<&Value>, path: &str) -> Vec<Route> {
+        let Some(v) = v else { return Vec::new() };
+        let Value::Array(items) = v else {
+            self.err(
+                path,
+                "expected [[listener.route]] entries (an array of tables)",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let rpath = format!("{path}[{i}]");
+            let Value::Table(t) = item else {
+                self.err(&rpath, format!("expected a table, found {}", show(item)));
+                continue;
+            };
+            for key in t.keys() {
+                if !["host", "path_prefix", "pool"].contains(&key.as_str()) {
+                    self.err(&format!("{rpath}.{key}"), "unknown key");
+                }
+            }
+            let host = t.get("host").and_then(|h| self.string(h, &format!("{rpath}.host"))).map(|h| {
+                let h = h.to_ascii_lowercase();
+                let bare = h.strip_prefix("*.").unwrap_or(&h);
+                if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+                    self.err(
+                        &format!("{rpath}.host"),
+                        format!("{h:?} is not a host name (such as \"api.example.com\" or \"*.example.com\", no port)"),
+                    );
+                }
+                h
+            });
+            let path_prefix = t
+                .get("path_prefix")
+                .and_then(|p| self.string(p, &format!("{rpath}.path_prefix")))
+                .map(|p| {
+                    if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
+                        self.err(
+                            &format!("{rpath}.path_prefix"),
+                            format!("{p:?} is not a path (it must start with '/')"),
+                        );
+                    }
+                    p.trim_end_matches('/').to_string()
+                });
+            if host.is_none() && path_prefix.is_none() {
+                self.err(&rpath, "a route needs host, path_prefix, or both");
+            }
+            let pool = match t.get("pool") {
+                Some(p) => self
+                    .string(p, &format!("{rpath}.pool"))
+                    .unwrap_or("")
+                    .to_string(),
+                None => {
+                    self.err(&format!("{rpath}.pool"), "missing (the name of a [[pool]])");
+                    String::new()
+                }
+            };
+            out.push(Route {
+                host,
+                path_prefix,
+                pool,
+            });
+        }
+        out
     }
 
     fn pool(&mut self, path: &str, p: &file::Pool) -> Pool {
@@ -466,6 +605,8 @@ impl Validator {
         let mut timeouts = PoolTimeouts {
             connect: DEFAULT_CONNECT_TIMEOUT,
             tunnel_idle: DEFAULT_TUNNEL_IDLE,
+            response_header: DEFAULT_RESPONSE_HEADER,
+            idle: DEFAULT_BODY_IDLE,
         };
         if let Some(t) = &p.timeouts {
             timeouts.connect = self.positive_duration_or(
@@ -478,11 +619,16 @@ impl Validator {
                 &format!("{path}.timeouts.tunnel_idle"),
                 DEFAULT_TUNNEL_IDLE,
             );
-            self.unsupported(
+            timeouts.response_header = self.positive_duration_or(
                 t.response_header.as_ref(),
                 &format!("{path}.timeouts.response_header"),
+                DEFAULT_RESPONSE_HEADER,
             );
-            self.unsupported(t.idle.as_ref(), &format!("{path}.timeouts.idle"));
+            timeouts.idle = self.positive_duration_or(
+                t.idle.as_ref(),
+                &format!("{path}.timeouts.idle"),
+                DEFAULT_BODY_IDLE,
+            );
         }
         let tcp = self.tcp(p.tcp.as_ref(), &format!("{path}.tcp"));
         let send_proxy = match &p.send_proxy {
@@ -522,6 +668,11 @@ impl Validator {
             },
         };
         let upstream = self.upstream(p.upstream.as_ref(), &format!("{path}.upstream"));
+        let retry_budget_percent = p
+            .retry_budget_percent
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.retry_budget_percent"), 0, 100))
+            .map_or(20, |n| n as u32);
         let passive = self.passive(p.passive.as_ref(), &format!("{path}.passive"));
         let slow_start = p.slow_start.as_ref().map(|v| {
             self.positive_duration_or(
@@ -544,6 +695,7 @@ impl Validator {
             upstream,
             passive,
             slow_start,
+            retry_budget_percent,
         }
     }
 
@@ -754,16 +906,16 @@ impl Validator {
             &format!("{path}.idle_timeout"),
             DEFAULT_UPSTREAM_IDLE,
         );
-        if u.max_idle_per_backend.is_some() {
-            self.err(
-                &format!("{path}.max_idle_per_backend"),
-                "not supported yet by this version of plumb (it bounds the HTTP keep-alive pool; TCP pools use preconnect)",
-            );
-        }
+        let max_idle_per_backend = u
+            .max_idle_per_backend
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.max_idle_per_backend"), 0, 100_000))
+            .map_or(32, |n| n as usize);
         Upstream {
             max_connections_per_backend,
             preconnect,
             idle_timeout,
+            max_idle_per_backend,
         }
     }
 

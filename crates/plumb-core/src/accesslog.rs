@@ -134,6 +134,82 @@ struct Line<'a> {
     error: Option<&'a str>,
 }
 
+/// What is logged about one HTTP request.
+#[derive(Debug, Clone)]
+pub struct HttpRecord<'a> {
+    /// Listener name.
+    pub listener: &'a str,
+    /// Pool the request was routed to, if any.
+    pub pool: Option<&'a str>,
+    /// Client address.
+    pub client: SocketAddr,
+    /// The request id (sent to the backend and back to the client).
+    pub request_id: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Host (from `Host` or the HTTP/2 authority).
+    pub host: &'a str,
+    /// Path, without the query.
+    pub path: &'a str,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: &'static str,
+    /// Status sent to the client.
+    pub status: u16,
+    /// The backend that answered, if any.
+    pub backend: Option<SocketAddr>,
+    /// Attempts made (backends tried, plus a retry on a fresh connection when a
+    /// kept-alive one turned out closed).
+    pub attempts: u32,
+    /// The attempts that failed, in order.
+    pub failed_attempts: &'a [Attempt],
+    /// Request body bytes from the client.
+    pub bytes_from_client: u64,
+    /// Response body bytes to the client.
+    pub bytes_to_client: u64,
+    /// Waiting for the request head after the connection opened or the previous
+    /// response ended (first request: from accept).
+    pub header_read: Option<Duration>,
+    /// Connecting to the backend (none when a kept-alive connection was reused).
+    pub connect: Option<Duration>,
+    /// From the start of the request to the response head.
+    pub first_byte: Option<Duration>,
+    /// From the start of the request to the end of the response.
+    pub total: Duration,
+    /// Why it failed, if it did.
+    pub cause: Option<Cause>,
+    /// The error behind the cause.
+    pub error: Option<String>,
+    /// The connection was upgraded (WebSocket) and proxied as a tunnel.
+    pub upgraded: bool,
+}
+
+#[derive(Serialize)]
+struct HttpLine<'a> {
+    ts: String,
+    kind: &'static str,
+    listener: &'a str,
+    pool: Option<&'a str>,
+    client: String,
+    request_id: &'a str,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    version: &'static str,
+    status: u16,
+    backend: Option<String>,
+    attempts: u32,
+    failed_attempts: Vec<AttemptLine>,
+    bytes_from_client: u64,
+    bytes_to_client: u64,
+    header_read_ms: Option<f64>,
+    connect_ms: Option<f64>,
+    first_byte_ms: Option<f64>,
+    total_ms: f64,
+    cause: Option<&'static str>,
+    error: Option<&'a str>,
+    upgraded: bool,
+}
+
 #[derive(Serialize)]
 struct AttemptLine {
     backend: String,
@@ -218,10 +294,45 @@ impl AccessLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Queues one HTTP request's line.
+    pub fn write_http(&self, r: &HttpRecord<'_>) {
+        if self.queue.is_none() {
+            return;
+        }
+        let line = HttpLine {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            kind: "http",
+            listener: r.listener,
+            pool: r.pool,
+            client: r.client.to_string(),
+            request_id: r.request_id,
+            method: r.method,
+            host: r.host,
+            path: r.path,
+            version: r.version,
+            status: r.status,
+            backend: r.backend.map(|b| b.to_string()),
+            attempts: r.attempts,
+            failed_attempts: attempt_lines(r.failed_attempts),
+            bytes_from_client: r.bytes_from_client,
+            bytes_to_client: r.bytes_to_client,
+            header_read_ms: r.header_read.map(ms),
+            connect_ms: r.connect.map(ms),
+            first_byte_ms: r.first_byte.map(ms),
+            total_ms: ms(r.total),
+            cause: r.cause.map(Cause::as_str),
+            error: r.error.as_deref(),
+            upgraded: r.upgraded,
+        };
+        self.queue_line(&line);
+    }
+
     /// Queues one line. Losing a log line must never break or slow a connection: when
     /// the writer is behind, the line is dropped and counted.
     pub fn write(&self, r: &Record<'_>) {
-        let Some(queue) = &self.queue else { return };
+        if self.queue.is_none() {
+            return;
+        }
         let line = Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             kind: "tcp",
@@ -230,15 +341,7 @@ impl AccessLog {
             client: r.client.to_string(),
             backend: r.backend.map(|b| b.to_string()),
             attempts: r.attempts,
-            failed_attempts: r
-                .failed_attempts
-                .iter()
-                .map(|a| AttemptLine {
-                    backend: a.backend.to_string(),
-                    cause: a.cause.as_str(),
-                    ms: ms(a.elapsed),
-                })
-                .collect(),
+            failed_attempts: attempt_lines(r.failed_attempts),
             bytes_from_client: r.bytes_from_client,
             bytes_to_client: r.bytes_to_client,
             duration_ms: ms(r.duration),
@@ -246,7 +349,12 @@ impl AccessLog {
             cause: r.end.cause().map(Cause::as_str),
             error: r.error.as_deref(),
         };
-        let mut buf = match serde_json::to_vec(&line) {
+        self.queue_line(&line);
+    }
+
+    fn queue_line(&self, line: &impl Serialize) {
+        let Some(queue) = &self.queue else { return };
+        let mut buf = match serde_json::to_vec(line) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise access log line");
@@ -263,4 +371,15 @@ impl AccessLog {
             }
         }
     }
+}
+
+fn attempt_lines(attempts: &[Attempt]) -> Vec<AttemptLine> {
+    attempts
+        .iter()
+        .map(|a| AttemptLine {
+            backend: a.backend.to_string(),
+            cause: a.cause.as_str(),
+            ms: ms(a.elapsed),
+        })
+        .collect()
 }

@@ -26,6 +26,15 @@ pub enum Cause {
     UpstreamIdleTimeout,
     /// Any other I/O error on the backend leg.
     UpstreamIoError,
+    /// HTTP: the backend reset the connection after the request was sent and before
+    /// a response head arrived.
+    UpstreamResetBeforeResponse,
+    /// HTTP: the backend closed the connection (FIN) before a complete response head.
+    UpstreamClosedEarly,
+    /// HTTP: no response head within `pool.timeouts.response_header`.
+    UpstreamResponseTimeout,
+    /// HTTP: the backend's response was not valid HTTP.
+    UpstreamBadResponse,
     /// Every backend of the pool is down, drained or already tried.
     NoHealthyBackend,
     /// Every backend that could take the connection is at
@@ -50,15 +59,20 @@ pub enum Cause {
     ClientUnreachable,
     /// Any other I/O error on the client leg.
     ClientIoError,
-    /// The client sent bytes plumb cannot accept (a malformed PROXY header).
+    /// The client sent bytes plumb cannot accept (a malformed PROXY header or HTTP
+    /// request).
     BadRequest,
+    /// HTTP: no route matches the request and the listener has no default pool.
+    NoRoute,
+    /// HTTP: the client went away before the response was complete.
+    ClientClosedEarly,
     /// plumb is shutting down and the grace period ran out.
     Shutdown,
 }
 
 impl Cause {
     /// Every cause, for docs and exhaustive tests.
-    pub const ALL: [Cause; 21] = [
+    pub const ALL: [Cause; 27] = [
         Cause::UpstreamConnectRefused,
         Cause::UpstreamConnectTimeout,
         Cause::UpstreamUnreachable,
@@ -67,6 +81,10 @@ impl Cause {
         Cause::UpstreamTcpTimeout,
         Cause::UpstreamIdleTimeout,
         Cause::UpstreamIoError,
+        Cause::UpstreamResetBeforeResponse,
+        Cause::UpstreamClosedEarly,
+        Cause::UpstreamResponseTimeout,
+        Cause::UpstreamBadResponse,
         Cause::NoHealthyBackend,
         Cause::BackendConnectionLimit,
         Cause::BackendDrained,
@@ -79,6 +97,8 @@ impl Cause {
         Cause::ClientUnreachable,
         Cause::ClientIoError,
         Cause::BadRequest,
+        Cause::NoRoute,
+        Cause::ClientClosedEarly,
         Cause::Shutdown,
     ];
 
@@ -98,6 +118,10 @@ impl Cause {
             Cause::UpstreamTcpTimeout => "upstream_tcp_timeout",
             Cause::UpstreamIdleTimeout => "upstream_idle_timeout",
             Cause::UpstreamIoError => "upstream_io_error",
+            Cause::UpstreamResetBeforeResponse => "upstream_reset_before_response",
+            Cause::UpstreamClosedEarly => "upstream_closed_early",
+            Cause::UpstreamResponseTimeout => "upstream_response_timeout",
+            Cause::UpstreamBadResponse => "upstream_bad_response",
             Cause::NoHealthyBackend => "no_healthy_backend",
             Cause::BackendConnectionLimit => "backend_connection_limit",
             Cause::BackendDrained => "backend_drained",
@@ -110,7 +134,41 @@ impl Cause {
             Cause::ClientUnreachable => "client_unreachable",
             Cause::ClientIoError => "client_io_error",
             Cause::BadRequest => "bad_request",
+            Cause::NoRoute => "no_route",
+            Cause::ClientClosedEarly => "client_closed_early",
             Cause::Shutdown => "shutdown",
+        }
+    }
+
+    /// The HTTP status of an error response plumb makes for this cause.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Cause::UpstreamConnectTimeout
+            | Cause::UpstreamResponseTimeout
+            | Cause::UpstreamIdleTimeout
+            | Cause::UpstreamTcpTimeout => 504,
+            Cause::NoHealthyBackend
+            | Cause::BackendConnectionLimit
+            | Cause::ListenerConnectionLimit
+            | Cause::BackendDrained
+            | Cause::BackendMarkedDown
+            | Cause::Shutdown => 503,
+            Cause::NoRoute => 404,
+            Cause::BadRequest => 400,
+            Cause::ClientHeaderTimeout | Cause::ClientIdleTimeout => 408,
+            Cause::ClientReset
+            | Cause::ClientTcpTimeout
+            | Cause::ClientUnreachable
+            | Cause::ClientIoError
+            | Cause::ClientClosedEarly => 400,
+            Cause::UpstreamConnectRefused
+            | Cause::UpstreamUnreachable
+            | Cause::UpstreamConnectError
+            | Cause::UpstreamReset
+            | Cause::UpstreamIoError
+            | Cause::UpstreamResetBeforeResponse
+            | Cause::UpstreamClosedEarly
+            | Cause::UpstreamBadResponse => 502,
         }
     }
 

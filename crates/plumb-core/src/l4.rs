@@ -38,19 +38,24 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
 ) {
+    let Some(pool) = ctx.pool.clone() else {
+        // Validation requires a pool on TCP listeners; never leave a client hanging.
+        sockopt::arm_reset(&client);
+        return;
+    };
     let started = Instant::now();
     let span = tracing::debug_span!(
         "conn",
         listener = %ctx.name,
         client.addr = %peer,
-        pool = %ctx.pool.name(),
+        pool = %pool.name(),
         backend.addr = tracing::field::Empty,
     );
     async move {
         let (reg, mut orders) =
             ctx.shared
                 .conns
-                .register(Arc::clone(&ctx.name), Arc::clone(ctx.pool.name()), peer);
+                .register(Arc::clone(&ctx.name), Arc::clone(pool.name()), peer);
         let mut record = Finish {
             client_addr: peer,
             backend: None,
@@ -112,7 +117,7 @@ pub(crate) async fn serve(
             "backend.addr",
             tracing::field::display(active.backend().addr()),
         );
-        if let Some(version) = ctx.pool.settings().send_proxy {
+        if let Some(version) = pool.settings().send_proxy {
             // A fresh socket's send buffer always has room for a header of at most a
             // few hundred bytes, so this write completes at once or fails at once.
             let header = proxy_protocol::build_header(version, record.client_addr, destination);
@@ -131,7 +136,7 @@ pub(crate) async fn serve(
             &client,
             &upstream,
             conn,
-            ctx.pool.settings().timeouts.tunnel_idle,
+            pool.settings().timeouts.tunnel_idle,
             &mut orders,
         )
         .await;
@@ -144,7 +149,7 @@ pub(crate) async fn serve(
             }
             Outcome::Broken { side, cause, error } => {
                 if side == Side::Upstream {
-                    ctx.pool.report_failure(active.backend(), cause);
+                    pool.report_failure(active.backend(), cause);
                 }
                 // Whoever broke, the other leg gets an RST: it must not believe its
                 // bytes are still going somewhere.
@@ -203,7 +208,10 @@ async fn connect_with_retries(
     record: &mut Finish,
     orders: &mut watch::Receiver<Option<CloseOrder>>,
 ) -> Option<(TcpStream, ActiveGuard)> {
-    let pool = &ctx.pool;
+    let Some(pool) = &ctx.pool else {
+        record.end = End::Failed(Cause::NoHealthyBackend);
+        return None;
+    };
     let settings = pool.settings();
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_cause = Cause::NoHealthyBackend;
@@ -313,7 +321,7 @@ fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, st
     ctx.stats.ended(f.end);
     ctx.shared.access_log.write(&Record {
         listener: &ctx.name,
-        pool: ctx.pool.name(),
+        pool: ctx.pool_name(),
         client: f.client_addr,
         backend: f.backend,
         attempts: f.attempts,

@@ -12,6 +12,7 @@ pub mod cause;
 pub mod conntable;
 pub mod health;
 pub mod l4;
+mod l7;
 pub mod listener;
 pub mod pool;
 pub mod proxy_protocol;

@@ -147,10 +147,20 @@ impl ListenerStats {
 pub(crate) struct ListenerCtx {
     pub(crate) name: Arc<str>,
     pub(crate) settings: model::Listener,
-    pub(crate) pool: Arc<Pool>,
+    /// The default pool (required for TCP; HTTP requests no route matches).
+    pub(crate) pool: Option<Arc<Pool>>,
+    /// HTTP routes, resolved to pools, in config order.
+    pub(crate) routes: Vec<(plumb_config::model::Route, Arc<Pool>)>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ListenerStats>,
     pub(crate) limit: Option<Arc<Semaphore>>,
+}
+
+impl ListenerCtx {
+    /// The default pool's name, or "" when there is none.
+    pub(crate) fn pool_name(&self) -> &str {
+        self.pool.as_ref().map_or("", |p| p.name())
+    }
 }
 
 /// Where an accept loop finds its listener's current settings; a reload that changes
@@ -221,8 +231,13 @@ pub(crate) async fn accept_loop(
         };
         let local = stream.local_addr().ok().or(local).unwrap_or(peer);
         let task_ctx = Arc::clone(&ctx);
+        let http = task_ctx.settings.protocol == plumb_config::model::Protocol::Http;
         ctx.shared.tasks.spawn(async move {
-            crate::l4::serve(task_ctx, stream, peer, local).await;
+            if http {
+                crate::l7::serve(task_ctx, stream, peer).await;
+            } else {
+                crate::l4::serve(task_ctx, stream, peer, local).await;
+            }
             drop(permit);
         });
     }
@@ -262,7 +277,7 @@ fn refuse(ctx: &ListenerCtx, stream: tokio::net::TcpStream, peer: SocketAddr) {
     }
     ctx.shared.access_log.write(&Record {
         listener: &ctx.name,
-        pool: ctx.pool.name(),
+        pool: ctx.pool_name(),
         client: peer,
         backend: None,
         attempts: 0,

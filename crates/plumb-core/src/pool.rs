@@ -40,7 +40,19 @@ pub struct Pool {
     conns: Arc<ConnTable>,
     /// Cancelled when the server stops: ends health checks and drains.
     stop: CancellationToken,
+    /// HTTP: kept-alive upstream connections.
+    pub(crate) http_idle: crate::l7::client::KeepAlive,
+    /// HTTP: retry tokens; each request adds `retry_budget_percent / 100`, each
+    /// retry spends one.
+    retry_tokens: std::sync::Mutex<f64>,
 }
+
+/// How often idle kept-alive connections are checked for expiry.
+const SWEEP: Duration = Duration::from_millis(500);
+/// Retries allowed before any request has added to the budget.
+const RETRY_TOKENS_START: f64 = 10.0;
+/// The most retry tokens that can pile up.
+const RETRY_TOKENS_MAX: f64 = 100.0;
 
 /// What a reload can swap.
 #[derive(Debug)]
@@ -121,14 +133,59 @@ impl Pool {
             epoch: Instant::now(),
             conns,
             stop,
+            http_idle: crate::l7::client::KeepAlive::default(),
+            retry_tokens: std::sync::Mutex::new(RETRY_TOKENS_START),
         })
     }
 
-    /// Starts health checks (needs a tokio runtime).
+    /// HTTP: counts a request towards the retry budget.
+    pub(crate) fn note_request(&self) {
+        let share = f64::from(self.settings().retry_budget_percent) / 100.0;
+        let mut t = self.retry_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t + share).min(RETRY_TOKENS_MAX);
+    }
+
+    /// HTTP: whether a retry fits in the budget (and spends it if so).
+    pub(crate) fn allow_retry(&self) -> bool {
+        let mut t = self.retry_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if *t >= 1.0 {
+            *t -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// HTTP: kept-alive idle connections now.
+    pub fn idle_connections(&self) -> usize {
+        self.http_idle.len()
+    }
+
+    /// Starts health checks and the sweeper of idle kept-alive connections (needs a
+    /// tokio runtime).
     pub fn start(self: &Arc<Self>) {
         for b in self.backends().iter() {
             self.start_checks(b);
         }
+        let pool = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(SWEEP) => {}
+                }
+                let Some(pool) = pool.upgrade() else { return };
+                let idle_timeout = pool.settings().upstream.idle_timeout;
+                let now = pool.now_ms();
+                let backends = pool.backends();
+                pool.http_idle.sweep(idle_timeout, |addr| {
+                    backends
+                        .iter()
+                        .any(|b| b.addr() == addr && b.is_available(now))
+                });
+            }
+        });
     }
 
     /// Applies a reloaded config: new settings, and the difference between the

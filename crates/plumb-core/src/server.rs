@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) conns: Arc<ConnTable>,
     pub(crate) access_log: AccessLog,
     pub(crate) tasks: TaskTracker,
+    /// Cancelled when shutdown begins: HTTP connections finish what is in flight and
+    /// close (GOAWAY, `Connection: close`).
+    pub(crate) draining: CancellationToken,
 }
 
 /// A configured load balancer, ready to run.
@@ -96,6 +99,7 @@ impl Server {
                 conns,
                 access_log,
                 tasks: TaskTracker::new(),
+                draining: CancellationToken::new(),
             }),
             pools: RwLock::new(pools),
             stats: RwLock::new(stats),
@@ -183,6 +187,7 @@ impl Server {
             "shutting down: accepting no new connections"
         );
         self.stop.cancel();
+        self.shared.draining.cancel();
         for pool in read(&self.pools).values() {
             pool.stop();
         }
@@ -387,12 +392,20 @@ impl Server {
         settings: &model::Listener,
         limit: Option<Arc<Semaphore>>,
     ) -> Option<Arc<ListenerCtx>> {
-        let pool = self.pool(&settings.pool)?;
+        let pool = match &settings.pool {
+            Some(name) => Some(self.pool(name)?),
+            None => None,
+        };
+        let mut routes = Vec::new();
+        for r in &settings.routes {
+            routes.push((r.clone(), self.pool(&r.pool)?));
+        }
         let stats = self.listener_stats(&settings.name)?;
         Some(Arc::new(ListenerCtx {
             name: Arc::from(settings.name.as_str()),
             settings: settings.clone(),
             pool,
+            routes,
             shared: Arc::clone(&self.shared),
             stats,
             limit,
@@ -417,7 +430,7 @@ impl Server {
         let stop = self.stop.child_token();
         for socket in sockets {
             let listener = TcpListener::from_std(socket)?;
-            tracing::info!(listener = %settings.name, addr = %listener.local_addr()?, pool = %settings.pool, "listening");
+            tracing::info!(listener = %settings.name, addr = %listener.local_addr()?, protocol = settings.protocol.as_str(), "listening");
             self.shared
                 .tasks
                 .spawn(accept_loop(Arc::clone(&slot), listener, stop.clone()));

@@ -43,12 +43,15 @@ enum Command {
     },
     /// Three local HTTP origins with plumb in front; no file, no setup. Ctrl-C stops it.
     #[command(
-        after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --admin 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)"
+        after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --tcp-listen 127.0.0.1:0 --admin 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)"
     )]
     Demo {
         /// Where plumb listens for clients.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where plumb's TCP listener (bytes, not requests) listens.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        tcp_listen: std::net::SocketAddr,
         /// Where the admin API listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
@@ -84,9 +87,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Check { config, format } => Ok(check::run(&config, format)),
         Command::Demo {
             listen,
+            tcp_listen,
             admin,
             balance,
-        } => demo::run(listen, admin, &balance),
+        } => demo::run(listen, tcp_listen, admin, &balance),
     }
 }
 

@@ -11,7 +11,12 @@ use tokio::net::TcpListener;
 
 const NAMES: [&str; 3] = ["origin-a", "origin-b", "origin-c"];
 
-pub fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> anyhow::Result<ExitCode> {
+pub fn run(
+    listen: SocketAddr,
+    tcp_listen: SocketAddr,
+    admin: SocketAddr,
+    balance: &str,
+) -> anyhow::Result<ExitCode> {
     let rt = super::runtime(None)?;
     rt.block_on(async {
         let signals = super::Signals::install();
@@ -22,7 +27,7 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> anyhow::Resu
         }
         let backends: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr())).collect();
         let toml = format!(
-            "[runtime]\nshutdown_grace = \"2s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"demo\"\nlisten = \"{listen}\"\npool = \"origins\"\n\n[[pool]]\nname = \"origins\"\nbalance = \"{balance}\"\nbackends = [{}]\n",
+            "[runtime]\nshutdown_grace = \"2s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"http\"\nprotocol = \"http\"\nlisten = \"{listen}\"\npool = \"origins\"\n\n[[listener]]\nname = \"tcp\"\nlisten = \"{tcp_listen}\"\npool = \"origins\"\n\n[[pool]]\nname = \"origins\"\nbalance = \"{balance}\"\nbackends = [{}]\n",
             backends.join(", ")
         );
         let config = match plumb_config::parse(&toml) {
@@ -30,16 +35,18 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> anyhow::Resu
             Err(e) => anyhow::bail!("invalid demo settings:\n{e}"),
         };
         let bound = plumb_core::bind_all(&config).with_context(|| {
-            format!("is another program using {listen}? try `plumb demo --listen 127.0.0.1:0`")
+            format!("is another program using {listen} or {tcp_listen}? try `plumb demo --listen 127.0.0.1:0 --tcp-listen 127.0.0.1:0`")
         })?;
         let admin_listener = TcpListener::bind(admin).await.with_context(|| {
             format!("cannot listen on {admin} for the admin API; try `plumb demo --admin 127.0.0.1:0`")
         })?;
         let admin_addr = admin_listener.local_addr()?;
         let proxy = bound[0].local_addrs()[0];
-        println!("plumb demo: three HTTP origins behind one plumb TCP listener ({balance})");
+        let tcp = bound[1].local_addrs()[0];
+        println!("plumb demo: three HTTP origins behind plumb, HTTP and TCP listeners ({balance})");
         println!();
         println!("  proxy     http://{proxy}/");
+        println!("  tcp       http://{tcp}/");
         for o in &origins {
             println!("  {:<9} http://{}/", o.name(), o.addr());
         }
@@ -47,8 +54,10 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> anyhow::Resu
         println!();
         println!("Try:  for i in 1 2 3 4 5 6; do curl -s http://{proxy}/; done");
         println!("      curl -X POST http://{admin_addr}/api/v1/pools/origins/backends/{}/drain", origins[0].addr());
-        println!("Each request names the origin that answered. The access log (one JSON line");
-        println!("per connection) goes to stderr. Ctrl-C stops the demo.");
+        println!("      curl -si http://{proxy}/ -H 'Host: nowhere'   (an error made by plumb names its cause)");
+        println!("Each response names the origin that answered. The proxy listener is HTTP (one");
+        println!("access-log line per request, on stderr); the tcp listener proxies bytes (one line");
+        println!("per connection). Ctrl-C stops the demo.");
         let server = std::sync::Arc::new(Server::new(&config, AccessLog::stderr()));
         let admin = plumb_admin::Admin::new(std::sync::Arc::clone(&server), None, "demo".to_string(), None);
         super::serve::run_with_admin(server, bound, admin_listener, admin, signals).await?;

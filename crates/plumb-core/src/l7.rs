@@ -1,0 +1,573 @@
+//! The HTTP (L7) proxy: HTTP/1.1 and HTTP/2 (h2c) from clients, HTTP/1.1 to backends.
+//!
+//! Each client connection is served by hyper; each request is routed to a pool, sent
+//! to a backend on a kept-alive or fresh connection, and answered with the backend's
+//! response streamed through, or with an error made by plumb that names its cause
+//! (`plumb-error` header, a short body, the access log). Retries: a connect failure
+//! moves on to the next backend; a kept-alive connection found closed before the
+//! request left is replaced by a fresh one; an idempotent request without a body is
+//! retried on `upstream_reset_before_response` / `upstream_closed_early` within the
+//! pool's retry budget. A request that may have reached a backend and is not
+//! idempotent is never sent twice.
+
+mod body;
+pub(crate) mod client;
+mod headers;
+mod io;
+mod route;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::accesslog::Attempt;
+use crate::cause::Cause;
+use crate::listener::ListenerCtx;
+use crate::pool::Pool;
+use body::{Direction, Exchange, State, Tracked};
+use client::{Sent, UpBody};
+
+/// What plumb answers with.
+pub(crate) type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, client::BoxError>;
+
+/// One client connection.
+#[derive(Debug)]
+struct HttpConn {
+    ctx: Arc<ListenerCtx>,
+    peer: SocketAddr,
+    /// Requests (and upgraded tunnels) in progress.
+    in_flight: AtomicUsize,
+    /// When the connection last had nothing in flight.
+    idle_since: Mutex<Instant>,
+    /// Whether a request head is being read, and since when.
+    watch: Arc<io::HeadWatch>,
+}
+
+impl HttpConn {
+    fn request_started(&self) -> Option<std::time::Duration> {
+        self.watch.head_done();
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        (before == 0).then(|| {
+            self.idle_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+        })
+    }
+
+    fn request_done(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            self.watch.idle();
+        }
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(
+            *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
+                + self.ctx.settings.keepalive_idle,
+        )
+    }
+}
+
+/// Serves one client connection until it ends, its keep-alive idle time passes, or
+/// plumb shuts down (graceful: GOAWAY for HTTP/2, `Connection: close` for HTTP/1.1).
+pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAddr) {
+    let (reg, mut orders) =
+        ctx.shared
+            .conns
+            .register(Arc::clone(&ctx.name), Arc::from(ctx.pool_name()), peer);
+    reg.conn()
+        .set_state(crate::conntable::ConnState::Established);
+    let watch = Arc::new(io::HeadWatch::new());
+    let conn = Arc::new(HttpConn {
+        ctx: Arc::clone(&ctx),
+        peer,
+        in_flight: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+        watch: Arc::clone(&watch),
+    });
+    let stream = Arc::new(stream);
+    let svc_conn = Arc::clone(&conn);
+    let service = service_fn(move |req| {
+        let c = Arc::clone(&svc_conn);
+        async move { Ok::<_, Infallible>(handle(c, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // plumb's own head timer (below) answers 408 first; hyper's is the backstop.
+        .header_read_timeout(ctx.settings.header_read + std::time::Duration::from_secs(1))
+        .max_buf_size(ctx.settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(ctx.settings.max_header_bytes).unwrap_or(u32::MAX));
+    let client_io = io::ClientIo {
+        stream: Arc::clone(&stream),
+        watch: Arc::clone(&watch),
+    };
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
+    tokio::pin!(served);
+    let mut closing = false;
+    let draining = ctx.shared.draining.clone();
+    loop {
+        let idle_at = conn
+            .idle_deadline()
+            .unwrap_or_else(|| Instant::now() + ctx.settings.keepalive_idle);
+        let head_at = watch.head_started().map(|t| t + ctx.settings.header_read);
+        tokio::select! {
+            () = watch.started_now.notified(), if head_at.is_none() => {}
+            () = tokio::time::sleep_until(head_at.unwrap_or(idle_at)), if head_at.is_some() => {
+                if watch.head_started().is_some_and(|t| t.elapsed() >= ctx.settings.header_read) {
+                    header_timeout(&ctx, &stream, peer);
+                    break;
+                }
+            }
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(listener = %ctx.name, client.addr = %peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            () = tokio::time::sleep_until(idle_at), if !closing => {
+                if conn.idle_deadline().is_some_and(|d| Instant::now() >= d) {
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = draining.cancelled(), if !closing => {
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            Ok(()) = orders.changed() => {
+                if orders.borrow_and_update().is_some() {
+                    // Forced close (shutdown grace over): drop the connection.
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A request head did not arrive in time: answer 408 with the cause ourselves (hyper
+/// has written nothing for this request yet), log it, and close.
+fn header_timeout(ctx: &Arc<ListenerCtx>, stream: &TcpStream, peer: SocketAddr) {
+    let request_id = format!("{:032x}", fastrand::u128(..));
+    let cause = Cause::ClientHeaderTimeout;
+    let body = format!("408 Request Timeout: {cause}\nrequest id: {request_id}\n");
+    let head = format!(
+        "HTTP/1.1 408 Request Timeout\r\nplumb-error: {cause}\r\n{}: {request_id}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        ctx.settings.request_id_header,
+        body.len()
+    );
+    let _ = stream.try_write(format!("{head}{body}").as_bytes());
+    crate::sockopt::send_fin(stream);
+    let t0 = Instant::now();
+    let exchange = Exchange::new(
+        Arc::clone(ctx),
+        State {
+            client: Some(peer),
+            request_id,
+            method: "-".to_string(),
+            version: "HTTP/1.1",
+            status: 408,
+            bytes_out: body.len() as u64,
+            started: Some(t0),
+            header_read: Some(ctx.settings.header_read),
+            ..State::default()
+        },
+        Box::new(|| {}),
+    );
+    exchange.fail(
+        cause,
+        format!(
+            "no complete request head within {}ms",
+            ctx.settings.header_read.as_millis()
+        ),
+    );
+    exchange.finish();
+}
+
+async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<RespBody> {
+    let t0 = Instant::now();
+    let header_read = conn.request_started();
+    let ctx = Arc::clone(&conn.ctx);
+    let host_raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let host = route::normalize_host(&host_raw);
+    let path = req.uri().path().to_string();
+    let request_id = headers::request_id(
+        req.headers(),
+        &ctx.settings.request_id_header,
+        ctx.settings.keep_request_id,
+    );
+    let version = match req.version() {
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let done_conn = Arc::clone(&conn);
+    let exchange = Exchange::new(
+        Arc::clone(&ctx),
+        State {
+            client: Some(conn.peer),
+            request_id: request_id.clone(),
+            method: req.method().to_string(),
+            host: host_raw.clone(),
+            path: path.clone(),
+            version,
+            started: Some(t0),
+            header_read,
+            ..State::default()
+        },
+        Box::new(move || done_conn.request_done()),
+    );
+
+    let Some(pool) = route::first_match(&ctx.routes, &host, &path)
+        .cloned()
+        .or_else(|| ctx.pool.clone())
+    else {
+        return error_response(
+            &ctx,
+            &exchange,
+            Cause::NoRoute,
+            "no route matches and the listener has no default pool".into(),
+        );
+    };
+    exchange.with(|s| s.pool = Some(Arc::clone(pool.name())));
+    pool.note_request();
+
+    // The request as it goes upstream: origin-form, HTTP/1.1, hop-by-hop gone.
+    let upgrade = req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut head = parts.headers;
+    headers::strip_hop_by_hop(&mut head, upgrade);
+    headers::add_forwarded(&mut head, conn.peer, "http", &host_raw);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        head.insert(rid_header(&ctx), v);
+    }
+    if !head.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host_raw) {
+            head.insert(header::HOST, v);
+        }
+    }
+    let uri: Uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let method = parts.method;
+    let idempotent = matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let bodyless = body.is_end_stream();
+    let settings = pool.settings();
+    let mut body_slot: Option<UpBody> = Some(
+        Tracked::new(
+            body,
+            settings.timeouts.idle,
+            Direction::Request,
+            Arc::clone(&exchange),
+        )
+        .boxed_unsync(),
+    );
+    let build = |body: UpBody| -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = method.clone();
+        *r.uri_mut() = uri.clone();
+        *r.version_mut() = Version::HTTP_11;
+        *r.headers_mut() = head.clone();
+        r
+    };
+
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last: Option<(Cause, String)> = None;
+    while tried.len() < settings.connect_attempts {
+        let guard = match pool.pick(&tried) {
+            Ok(g) => g,
+            Err(e) => {
+                if tried.is_empty() {
+                    last = Some((e.cause(), e.to_string()));
+                }
+                break;
+            }
+        };
+        let addr = guard.backend().addr();
+        tried.push(addr);
+        let Some(body) = body_slot.take().or_else(|| bodyless.then(empty)) else {
+            break; // The body is gone with an earlier attempt: nothing left to send.
+        };
+        let mut req = build(body);
+        let mut fresh_retry_done = false;
+        loop {
+            exchange.with(|s| s.attempts += 1);
+            let t_attempt = Instant::now();
+            let (mut tx, reused) = match pool.http_idle.take(addr, settings.upstream.idle_timeout) {
+                Some(tx) => (tx, true),
+                None => match client::connect(addr, &settings).await {
+                    Ok(tx) => {
+                        exchange.with(|s| s.connect = Some(t_attempt.elapsed()));
+                        (tx, false)
+                    }
+                    Err(e) => {
+                        pool.report_failure(guard.backend(), e.cause);
+                        record_attempt(&exchange, addr, e.cause, t_attempt);
+                        last = Some((e.cause, e.source.to_string()));
+                        body_slot = Some(req.into_body());
+                        break;
+                    }
+                },
+            };
+            match client::send(&mut tx, req, settings.timeouts.response_header).await {
+                Sent::Answered(resp) => {
+                    pool.report_success(guard.backend());
+                    exchange.with(|s| {
+                        s.backend = Some(addr);
+                        s.first_byte = Some(t0.elapsed());
+                        s.error = None;
+                    });
+                    return respond(
+                        &ctx,
+                        &pool,
+                        &exchange,
+                        &request_id,
+                        resp,
+                        tx,
+                        guard,
+                        client_upgrade,
+                        &method,
+                    );
+                }
+                Sent::Returned(back, cause, text) if reused && !fresh_retry_done => {
+                    // The stale keep-alive race: the backend had closed this idle
+                    // connection. The request never left; send it on a fresh one.
+                    tracing::debug!(backend.addr = %addr, cause = %cause, error = %text, "kept-alive connection was closed; retrying on a fresh one");
+                    fresh_retry_done = true;
+                    req = back;
+                    drop(tx);
+                    // A fresh connection: make sure the next take() misses.
+                    while pool
+                        .http_idle
+                        .take(addr, settings.upstream.idle_timeout)
+                        .is_some()
+                    {}
+                    continue;
+                }
+                Sent::Returned(back, cause, text) => {
+                    pool.report_failure(guard.backend(), cause);
+                    record_attempt(&exchange, addr, cause, t_attempt);
+                    last = Some((cause, text));
+                    body_slot = Some(back.into_body());
+                    break;
+                }
+                Sent::Failed(cause, text) => {
+                    if cause != Cause::UpstreamResponseTimeout {
+                        pool.report_failure(guard.backend(), cause);
+                    }
+                    record_attempt(&exchange, addr, cause, t_attempt);
+                    let retry = idempotent
+                        && bodyless
+                        && matches!(
+                            cause,
+                            Cause::UpstreamResetBeforeResponse | Cause::UpstreamClosedEarly
+                        )
+                        && pool.allow_retry();
+                    last = Some((cause, text));
+                    if !retry {
+                        let (cause, text) = last.take().unwrap_or((cause, String::new()));
+                        return error_response(&ctx, &exchange, cause, text);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    let (cause, text) = last.unwrap_or((Cause::NoHealthyBackend, "no backend to try".to_string()));
+    error_response(&ctx, &exchange, cause, text)
+}
+
+/// The request-id header name (validated by plumb-config).
+fn rid_header(ctx: &ListenerCtx) -> header::HeaderName {
+    header::HeaderName::from_bytes(ctx.settings.request_id_header.as_bytes())
+        .unwrap_or(header::HeaderName::from_static("plumb-request-id"))
+}
+
+fn record_attempt(exchange: &Exchange, addr: SocketAddr, cause: Cause, t: Instant) {
+    exchange.with(|s| {
+        s.failed.push(Attempt {
+            backend: addr,
+            cause,
+            elapsed: t.elapsed(),
+        })
+    });
+}
+
+fn empty() -> UpBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The backend's response, on its way to the client.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of one exchange"
+)]
+fn respond(
+    ctx: &Arc<ListenerCtx>,
+    pool: &Arc<Pool>,
+    exchange: &Arc<Exchange>,
+    request_id: &str,
+    mut resp: Response<Incoming>,
+    tx: hyper::client::conn::http1::SendRequest<UpBody>,
+    guard: crate::pool::ActiveGuard,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    method: &Method,
+) -> Response<RespBody> {
+    let status = resp.status();
+    exchange.with(|s| s.status = status.as_u16());
+    let addr = guard.backend().addr();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_on) = client_upgrade {
+            let upstream_on = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            if let Ok(v) = HeaderValue::from_str(request_id) {
+                parts.headers.insert(rid_header(ctx), v);
+            }
+            exchange.with(|s| s.upgraded = true);
+            tokio::spawn(upgrade::tunnel(
+                Arc::clone(ctx),
+                Arc::clone(pool),
+                Arc::clone(exchange),
+                client_on,
+                upstream_on,
+                guard,
+                tx,
+            ));
+            let empty = Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            return Response::from_parts(parts, empty);
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        parts.headers.insert(rid_header(ctx), v);
+    }
+    let keep = Arc::clone(pool);
+    let max_idle = pool.settings().upstream.max_idle_per_backend;
+    let on_end: Box<dyn FnOnce() + Send> = Box::new(move || {
+        drop(guard);
+        // The connection is ready for another request once hyper has finished
+        // reading this response; then it goes back to the pool.
+        let mut tx = tx;
+        tokio::spawn(async move {
+            if let Ok(Ok(())) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), tx.ready()).await
+            {
+                keep.http_idle.put(addr, tx, max_idle);
+            }
+        });
+    });
+    let no_body = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || body.is_end_stream();
+    let mut tracked = Tracked::new(
+        body,
+        pool.settings().timeouts.idle,
+        Direction::Response,
+        Arc::clone(exchange),
+    )
+    .on_end(on_end);
+    if no_body {
+        body::end_now(&mut tracked);
+    }
+    Response::from_parts(parts, tracked.boxed_unsync())
+}
+
+/// An error made by plumb: the cause's status, `plumb-error`, the request id, and a
+/// short body naming the cause (with backend details only when the listener allows).
+fn error_response(
+    ctx: &ListenerCtx,
+    exchange: &Exchange,
+    cause: Cause,
+    detail: String,
+) -> Response<RespBody> {
+    let status = StatusCode::from_u16(cause.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let rid = exchange.with(|s| s.request_id.clone());
+    let mut text = format!(
+        "{} {}: {cause}\nrequest id: {rid}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    if ctx.settings.expose_error_details {
+        exchange.with(|s| {
+            for a in &s.failed {
+                text.push_str(&format!(
+                    "attempt: {} {} after {:.1}ms\n",
+                    a.backend,
+                    a.cause,
+                    a.elapsed.as_secs_f64() * 1000.0
+                ));
+            }
+        });
+        if !detail.is_empty() {
+            text.push_str(&format!("detail: {detail}\n"));
+        }
+    }
+    exchange.with(|s| {
+        s.status = status.as_u16();
+        s.bytes_out = text.len() as u64;
+    });
+    exchange.fail(cause, detail);
+    exchange.finish();
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert("plumb-error", HeaderValue::from_static(cause.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        h.insert(rid_header(ctx), v);
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,322 @@
+//! Bodies in flight: counted, bounded by the idle timer between chunks, and the
+//! request's access-log line written when the response body ends (or is abandoned).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::client::BoxError;
+use crate::accesslog::{Attempt, HttpRecord};
+use crate::cause::Cause;
+use crate::listener::ListenerCtx;
+
+/// Everything the access log says about one request, filled in as it goes.
+pub(crate) struct Exchange {
+    ctx: Arc<ListenerCtx>,
+    state: Mutex<State>,
+    done: AtomicBool,
+    /// Decrements the connection's in-flight count when the exchange ends.
+    on_done: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) pool: Option<Arc<str>>,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) request_id: String,
+    pub(crate) method: String,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) version: &'static str,
+    pub(crate) status: u16,
+    pub(crate) backend: Option<SocketAddr>,
+    pub(crate) attempts: u32,
+    pub(crate) failed: Vec<Attempt>,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) header_read: Option<Duration>,
+    pub(crate) connect: Option<Duration>,
+    pub(crate) first_byte: Option<Duration>,
+    pub(crate) started: Option<Instant>,
+    pub(crate) cause: Option<Cause>,
+    pub(crate) error: Option<String>,
+    pub(crate) upgraded: bool,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl Exchange {
+    pub(crate) fn new(
+        ctx: Arc<ListenerCtx>,
+        state: State,
+        on_done: Box<dyn FnOnce() + Send>,
+    ) -> Arc<Exchange> {
+        Arc::new(Exchange {
+            ctx,
+            state: Mutex::new(state),
+            done: AtomicBool::new(false),
+            on_done: Mutex::new(Some(on_done)),
+        })
+    }
+
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records a cause unless one is already there (the first failure is the story).
+    pub(crate) fn fail(&self, cause: Cause, error: impl Into<String>) {
+        self.with(|s| {
+            if s.cause.is_none() {
+                s.cause = Some(cause);
+                s.error = Some(error.into());
+            }
+        });
+    }
+
+    /// Writes the access-log line, once.
+    pub(crate) fn finish(&self) {
+        if self.done.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(f) = self
+            .on_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            f();
+        }
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let total = s.started.map(|t| t.elapsed()).unwrap_or_default();
+        if let Some(cause) = s.cause {
+            tracing::info!(
+                listener = %self.ctx.name,
+                request_id = %s.request_id,
+                status = s.status,
+                cause = %cause,
+                backend.addr = s.backend.map(|b| b.to_string()),
+                error = s.error.as_deref(),
+                "request failed"
+            );
+        }
+        self.ctx.shared.access_log.write_http(&HttpRecord {
+            listener: &self.ctx.name,
+            pool: s.pool.as_deref(),
+            client: s
+                .client
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            request_id: &s.request_id,
+            method: &s.method,
+            host: &s.host,
+            path: &s.path,
+            version: s.version,
+            status: s.status,
+            backend: s.backend,
+            attempts: s.attempts,
+            failed_attempts: &s.failed,
+            bytes_from_client: s.bytes_in,
+            bytes_to_client: s.bytes_out,
+            header_read: s.header_read,
+            connect: s.connect,
+            first_byte: s.first_byte,
+            total,
+            cause: s.cause,
+            error: s.error.clone(),
+            upgraded: s.upgraded,
+        });
+    }
+}
+
+/// Which body a [`Tracked`] wraps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Client to backend.
+    Request,
+    /// Backend to client.
+    Response,
+}
+
+/// The idle timer fired inside a body.
+#[derive(Debug, thiserror::Error)]
+#[error("no body bytes for {0:?}")]
+pub(crate) struct BodyIdle(pub(crate) Duration);
+
+/// A body that counts its bytes into the exchange, fails after `idle` without a
+/// chunk, and (for responses) ends the exchange when it ends or is dropped.
+pub(crate) struct Tracked<B: Body> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    direction: Direction,
+    exchange: Arc<Exchange>,
+    /// Run when the body ended cleanly (returns a kept-alive connection to its pool).
+    on_end: Option<Box<dyn FnOnce() + Send>>,
+    ended: bool,
+}
+
+impl<B: Body> std::fmt::Debug for Tracked<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("direction", &self.direction)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl<B: Body> Tracked<B> {
+    pub(crate) fn new(
+        inner: B,
+        idle: Duration,
+        direction: Direction,
+        exchange: Arc<Exchange>,
+    ) -> Tracked<B> {
+        Tracked {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            direction,
+            exchange,
+            on_end: None,
+            ended: false,
+        }
+    }
+
+    pub(crate) fn on_end(mut self, f: Box<dyn FnOnce() + Send>) -> Tracked<B> {
+        self.on_end = Some(f);
+        self
+    }
+
+    fn end(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+        if self.direction == Direction::Response {
+            self.exchange.finish();
+        }
+    }
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.exchange.with(|s| match this.direction {
+                        Direction::Request => s.bytes_in += n,
+                        Direction::Response => s.bytes_out += n,
+                    });
+                }
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                if this.inner.is_end_stream() {
+                    this.end();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                let cause = match this.direction {
+                    Direction::Request => Cause::ClientReset,
+                    Direction::Response => match e.downcast_ref::<hyper::Error>() {
+                        Some(h) => match super::client::cause_of(h) {
+                            Cause::UpstreamResetBeforeResponse => Cause::UpstreamReset,
+                            other => other,
+                        },
+                        None => Cause::UpstreamIoError,
+                    },
+                };
+                this.exchange
+                    .fail(cause, super::client::describe(e.as_ref()));
+                this.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.end();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    let cause = match this.direction {
+                        Direction::Request => Cause::ClientIdleTimeout,
+                        Direction::Response => Cause::UpstreamIdleTimeout,
+                    };
+                    this.exchange.fail(
+                        cause,
+                        format!("no body bytes for {}ms", this.idle.as_millis()),
+                    );
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle(this.idle)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if !self.ended && self.inner.is_end_stream() {
+            // hyper stops polling once the body says it is complete (a known length
+            // fully sent): that is a clean end.
+            self.end();
+        }
+        if self.direction == Direction::Response {
+            if !self.ended {
+                // hyper drops a body it never had to poll (HEAD, 204, 304): that
+                // is a clean end. Otherwise the client went away mid-response.
+                self.exchange.fail(
+                    Cause::ClientClosedEarly,
+                    "the client closed before the response ended",
+                );
+            }
+            self.exchange.finish();
+        }
+    }
+}
+
+/// A response body that is empty by nature (HEAD, 204, 304): hyper may never poll it,
+/// so it ends now.
+pub(crate) fn end_now<B: Body>(t: &mut Tracked<B>) {
+    t.end();
+}

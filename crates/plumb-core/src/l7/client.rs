@@ -1,0 +1,211 @@
+//! Upstream HTTP/1.1 connections: a keep-alive pool per backend, connecting, and
+//! sending one request with the response-head timer.
+//!
+//! Kept-alive connections are bounded (`upstream.max_idle_per_backend`) and closed
+//! after `upstream.idle_timeout`, shorter than backends' own keep-alive timeouts, so
+//! plumb is the side that closes an idle connection. When a reused connection turns
+//! out to be closed before the request left (the stale keep-alive race), hyper hands
+//! the request back and it is sent again on a fresh connection.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use plumb_config::model;
+
+use crate::cause::Cause;
+use crate::upstream;
+
+/// A body sent upstream: the client's (streamed) or an empty one.
+pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Errors inside bodies.
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Idle kept-alive connections, by backend.
+#[derive(Debug, Default)]
+pub(crate) struct KeepAlive {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: http1::SendRequest<UpBody>,
+    since: Instant,
+}
+
+impl KeepAlive {
+    /// The newest idle connection to `addr` that is open, ready and not expired.
+    pub(crate) fn take(
+        &self,
+        addr: SocketAddr,
+        idle_timeout: Duration,
+    ) -> Option<http1::SendRequest<UpBody>> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < idle_timeout && i.tx.is_ready() && !i.tx.is_closed() {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for reuse, unless `max` are already kept.
+    pub(crate) fn put(&self, addr: SocketAddr, tx: http1::SendRequest<UpBody>, max: usize) {
+        if max == 0 || tx.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() < max {
+            list.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes expired and dead connections, and all connections to backends that may
+    /// not be used (dropping the sender ends the connection).
+    pub(crate) fn sweep(&self, idle_timeout: Duration, usable: impl Fn(SocketAddr) -> bool) {
+        let mut idle = self.lock();
+        idle.retain(|addr, list| {
+            if !usable(*addr) {
+                return false;
+            }
+            list.retain(|i| i.since.elapsed() < idle_timeout && !i.tx.is_closed());
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections kept now, all backends.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A new connection to `addr`, HTTP/1.1 handshake done.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    settings: &model::Pool,
+) -> Result<http1::SendRequest<UpBody>, upstream::ConnectError> {
+    let stream = upstream::connect(addr, &settings.tcp, settings.timeouts.connect).await?;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| upstream::ConnectError {
+            addr,
+            cause: Cause::UpstreamConnectError,
+            source: io::Error::other(e),
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(backend.addr = %addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(tx)
+}
+
+/// How sending a request went.
+pub(crate) enum Sent {
+    /// A response head arrived.
+    Answered(Response<Incoming>),
+    /// The request never left: the connection was already closed. It can be sent
+    /// again, body and all.
+    Returned(Request<UpBody>, Cause, String),
+    /// It may have reached the backend; no response head came.
+    Failed(Cause, String),
+}
+
+/// Sends `req` on `tx`, waiting at most `response_header` for the response head.
+pub(crate) async fn send(
+    tx: &mut http1::SendRequest<UpBody>,
+    req: Request<UpBody>,
+    response_header: Duration,
+) -> Sent {
+    if tx.ready().await.is_err() {
+        return Sent::Returned(
+            req,
+            Cause::UpstreamClosedEarly,
+            "connection closed before the request".to_string(),
+        );
+    }
+    match tokio::time::timeout(response_header, tx.try_send_request(req)).await {
+        Err(_) => Sent::Failed(
+            Cause::UpstreamResponseTimeout,
+            format!("no response head within {}ms", response_header.as_millis()),
+        ),
+        Ok(Ok(resp)) => Sent::Answered(resp),
+        Ok(Err(mut e)) => {
+            let cause = cause_of(e.error());
+            let text = describe(e.error());
+            match e.take_message() {
+                Some(req) => Sent::Returned(req, cause, text),
+                None => Sent::Failed(cause, text),
+            }
+        }
+    }
+}
+
+/// The cause of an upstream hyper error, found by walking `source()`.
+pub(crate) fn cause_of(e: &hyper::Error) -> Cause {
+    if let Some(io) = find_io(e) {
+        return match io.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => Cause::UpstreamResetBeforeResponse,
+            io::ErrorKind::TimedOut => Cause::UpstreamTcpTimeout,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                Cause::UpstreamUnreachable
+            }
+            _ => Cause::UpstreamIoError,
+        };
+    }
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        Cause::UpstreamClosedEarly
+    } else if e.is_parse() || e.is_parse_status() {
+        Cause::UpstreamBadResponse
+    } else if e.is_timeout() {
+        Cause::UpstreamResponseTimeout
+    } else {
+        Cause::UpstreamIoError
+    }
+}
+
+fn find_io<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// An error and its sources, in one line.
+pub(crate) fn describe(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,155 @@
+//! The client connection's I/O as hyper sees it, with one addition: it notices when a
+//! request head has started arriving, so that a client that sends a head too slowly
+//! (slowloris) gets a 408 with cause `client_header_timeout` from plumb instead of a
+//! silent close. The socket is shared (`Arc`), so the connection task can still write
+//! that 408 and close while hyper holds the I/O.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// What the connection task learns from the bytes hyper reads.
+#[derive(Debug, Default)]
+pub(crate) struct HeadWatch {
+    /// When the first byte of a request head arrived while nothing was in flight;
+    /// cleared when that request reaches the service.
+    started: Mutex<Option<Instant>>,
+    /// Whether nothing is in flight (bytes now start a new head).
+    waiting: AtomicBool,
+    /// The client speaks HTTP/2 (its streams are bounded by hyper; no head watch).
+    h2: AtomicBool,
+    /// Whether the first bytes were looked at yet.
+    seen_first: AtomicBool,
+    /// Wakes the connection task when a head starts, so it arms its timer.
+    pub(crate) started_now: tokio::sync::Notify,
+}
+
+impl HeadWatch {
+    pub(crate) fn new() -> HeadWatch {
+        HeadWatch {
+            waiting: AtomicBool::new(true),
+            ..HeadWatch::default()
+        }
+    }
+
+    /// A request reached the service: its head is complete.
+    pub(crate) fn head_done(&self) {
+        self.waiting.store(false, Ordering::Release);
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Nothing is in flight any more: the next bytes start a new head.
+    pub(crate) fn idle(&self) {
+        self.waiting.store(true, Ordering::Release);
+    }
+
+    /// When the head being read started, for an HTTP/1 connection.
+    pub(crate) fn head_started(&self) -> Option<Instant> {
+        if self.h2.load(Ordering::Acquire) {
+            return None;
+        }
+        *self.started.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bytes(&self, data: &[u8]) {
+        if !self.seen_first.swap(true, Ordering::AcqRel)
+            && data.starts_with(&H2_PREFACE[..data.len().min(H2_PREFACE.len())])
+            && !data.is_empty()
+        {
+            self.h2.store(true, Ordering::Release);
+        }
+        if self.waiting.load(Ordering::Acquire) {
+            let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+            if started.is_none() {
+                *started = Some(Instant::now());
+                self.started_now.notify_one();
+            }
+        }
+    }
+}
+
+/// The client socket, shared with the connection task.
+#[derive(Debug)]
+pub(crate) struct ClientIo {
+    pub(crate) stream: Arc<TcpStream>,
+    pub(crate) watch: Arc<HeadWatch>,
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.stream.try_read(unfilled) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.watch.bytes(&unfilled[..n]);
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(data) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write_vectored(bufs) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Already gone is as good as shut down.
+        let _ = plumb_sys::shutdown_write(&*self.stream);
+        Poll::Ready(Ok(()))
+    }
+}

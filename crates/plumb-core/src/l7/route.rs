@@ -1,0 +1,113 @@
+//! Choosing a pool for a request by host and path. Pure; no I/O.
+
+use plumb_config::model::Route;
+
+/// The host a request names, lowercase, without port or trailing dot.
+pub(crate) fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let without_port = if let Some(rest) = raw.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `route` matches a request for `host` (normalized) and `path`.
+pub(crate) fn matches(route: &Route, host: &str, path: &str) -> bool {
+    let host_ok = match &route.host {
+        None => true,
+        Some(pattern) => match pattern.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+            None => pattern == host,
+        },
+    };
+    let path_ok = match &route.path_prefix {
+        None => true,
+        // Stored without a trailing slash; "" is the root prefix "/".
+        Some(prefix) if prefix.is_empty() => true,
+        Some(prefix) => {
+            path == prefix
+                || (path.starts_with(prefix.as_str())
+                    && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+        }
+    };
+    host_ok && path_ok
+}
+
+/// The index of the first route matching, if any.
+pub(crate) fn first_match<'a, T>(
+    routes: &'a [(Route, T)],
+    host: &str,
+    path: &str,
+) -> Option<&'a T> {
+    routes
+        .iter()
+        .find(|(r, _)| matches(r, host, path))
+        .map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<&str>, prefix: Option<&str>) -> Route {
+        Route {
+            host: host.map(str::to_string),
+            path_prefix: prefix.map(|p| p.trim_end_matches('/').to_string()),
+            pool: "p".to_string(),
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        let exact = route(Some("api.example.com"), None);
+        assert!(matches(&exact, "api.example.com", "/"));
+        assert!(!matches(&exact, "www.example.com", "/"));
+        let wild = route(Some("*.example.com"), None);
+        assert!(matches(&wild, "a.example.com", "/"));
+        assert!(matches(&wild, "a.b.example.com", "/"));
+        assert!(!matches(&wild, "example.com", "/"));
+        assert!(!matches(&wild, "badexample.com", "/"));
+    }
+
+    #[test]
+    fn paths_match_whole_segments() {
+        let api = route(None, Some("/api"));
+        assert!(matches(&api, "h", "/api"));
+        assert!(matches(&api, "h", "/api/v1/x"));
+        assert!(!matches(&api, "h", "/apix"));
+        assert!(!matches(&api, "h", "/"));
+        let slash = route(None, Some("/api/"));
+        assert!(matches(&slash, "h", "/api/x"));
+        let root = route(None, Some("/"));
+        assert!(matches(&root, "h", "/anything"));
+    }
+
+    #[test]
+    fn first_match_wins_in_order() {
+        let routes = vec![
+            (route(Some("a.example.com"), Some("/static")), 1),
+            (route(Some("a.example.com"), None), 2),
+            (route(None, Some("/static")), 3),
+        ];
+        assert_eq!(
+            first_match(&routes, "a.example.com", "/static/x.css"),
+            Some(&1)
+        );
+        assert_eq!(first_match(&routes, "a.example.com", "/"), Some(&2));
+        assert_eq!(first_match(&routes, "b.example.com", "/static/x"), Some(&3));
+        assert_eq!(first_match(&routes, "b.example.com", "/"), None);
+    }
+}
