@@ -50,7 +50,6 @@ pub struct Listener {
     pub request_id_header: Option<Value>,
     pub keep_request_id: Option<Value>,
     pub max_header_bytes: Option<Value>,
-    // Parsed so that it is not "unknown", and refused as not yet supported.
     pub tls: Option<Value>,
 }
 

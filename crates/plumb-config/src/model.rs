@@ -120,6 +120,9 @@ pub struct Listener {
     pub keep_request_id: bool,
     /// HTTP: the largest request head accepted; larger gets 431. Default 64 KiB.
     pub max_header_bytes: usize,
+    /// HTTP: terminate TLS with this certificate and key (HTTP/2 and HTTP/1.1 by
+    /// ALPN). The files are read again on reload (SIGHUP) and when they change.
+    pub tls: Option<Tls>,
     /// Read a PROXY protocol header (v1 or v2) from each client first: the client
     /// address it carries replaces the peer address. Only for a trusted front.
     pub accept_proxy: bool,
@@ -130,6 +133,15 @@ pub struct Listener {
     /// Bound on reading what plumb must read before proxying: the PROXY header, and
     /// for HTTP each request head (slowloris). Default 10 s.
     pub header_read: Duration,
+}
+
+/// `listener.tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// How a pool picks a backend.

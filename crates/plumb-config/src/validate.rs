@@ -488,8 +488,46 @@ impl Validator {
                 DEFAULT_KEEPALIVE_IDLE,
             );
         }
-        self.unsupported(l.tls.as_ref(), &format!("{path}.tls"));
+        let tls = match &l.tls {
+            None => None,
+            Some(Value::Table(t)) => {
+                for key in t.keys() {
+                    if key != "cert" && key != "key" {
+                        self.err(&format!("{path}.tls.{key}"), "unknown key");
+                    }
+                }
+                let mut file = |key: &str| match t.get(key) {
+                    Some(v) => self
+                        .string(v, &format!("{path}.tls.{key}"))
+                        .map(PathBuf::from),
+                    None => {
+                        self.err(&format!("{path}.tls.{key}"), "missing (a PEM file path)");
+                        None
+                    }
+                };
+                let cert = file("cert");
+                let key = file("key");
+                if protocol != Protocol::Http {
+                    self.err(
+                        &format!("{path}.tls"),
+                        "only applies to protocol = \"http\"",
+                    );
+                }
+                cert.zip(key).map(|(cert, key)| Tls { cert, key })
+            }
+            Some(other) => {
+                self.err(
+                    &format!("{path}.tls"),
+                    format!(
+                        "expected a table {{ cert = \"...\", key = \"...\" }}, found {}",
+                        show(other)
+                    ),
+                );
+                None
+            }
+        };
         Listener {
+            tls,
             name,
             listen,
             protocol,

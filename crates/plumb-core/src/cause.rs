@@ -59,6 +59,8 @@ pub enum Cause {
     ClientUnreachable,
     /// Any other I/O error on the client leg.
     ClientIoError,
+    /// HTTPS: the client's TLS handshake failed.
+    ClientTlsError,
     /// The client sent bytes plumb cannot accept (a malformed PROXY header or HTTP
     /// request).
     BadRequest,
@@ -72,7 +74,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, for docs and exhaustive tests.
-    pub const ALL: [Cause; 27] = [
+    pub const ALL: [Cause; 28] = [
         Cause::UpstreamConnectRefused,
         Cause::UpstreamConnectTimeout,
         Cause::UpstreamUnreachable,
@@ -96,6 +98,7 @@ impl Cause {
         Cause::ClientHeaderTimeout,
         Cause::ClientUnreachable,
         Cause::ClientIoError,
+        Cause::ClientTlsError,
         Cause::BadRequest,
         Cause::NoRoute,
         Cause::ClientClosedEarly,
@@ -133,6 +136,7 @@ impl Cause {
             Cause::ClientHeaderTimeout => "client_header_timeout",
             Cause::ClientUnreachable => "client_unreachable",
             Cause::ClientIoError => "client_io_error",
+            Cause::ClientTlsError => "client_tls_error",
             Cause::BadRequest => "bad_request",
             Cause::NoRoute => "no_route",
             Cause::ClientClosedEarly => "client_closed_early",
@@ -160,6 +164,7 @@ impl Cause {
             | Cause::ClientTcpTimeout
             | Cause::ClientUnreachable
             | Cause::ClientIoError
+            | Cause::ClientTlsError
             | Cause::ClientClosedEarly => 400,
             Cause::UpstreamConnectRefused
             | Cause::UpstreamUnreachable

@@ -48,6 +48,8 @@ pub(crate) type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, cli
 struct HttpConn {
     ctx: Arc<ListenerCtx>,
     peer: SocketAddr,
+    /// `http` or `https`, for `X-Forwarded-Proto` and `Forwarded`.
+    proto: &'static str,
     /// Requests (and upgraded tunnels) in progress.
     in_flight: AtomicUsize,
     /// When the connection last had nothing in flight.
@@ -89,21 +91,61 @@ impl HttpConn {
 /// Serves one client connection until it ends, its keep-alive idle time passes, or
 /// plumb shuts down (graceful: GOAWAY for HTTP/2, `Connection: close` for HTTP/1.1).
 pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAddr) {
-    let (reg, mut orders) =
+    let (reg, orders) =
         ctx.shared
             .conns
             .register(Arc::clone(&ctx.name), Arc::from(ctx.pool_name()), peer);
     reg.conn()
         .set_state(crate::conntable::ConnState::Established);
     let watch = Arc::new(io::HeadWatch::new());
+    match ctx.tls.clone() {
+        None => {
+            let stream = Arc::new(stream);
+            let client_io = io::ClientIo {
+                stream: Arc::clone(&stream),
+                watch: Arc::clone(&watch),
+            };
+            run_connection(&ctx, client_io, peer, Some(&stream), watch, "http", orders).await;
+        }
+        Some(tls) => {
+            // The handshake is part of what a client must send in time.
+            match tokio::time::timeout(ctx.settings.header_read, tls.acceptor().accept(stream))
+                .await
+            {
+                Ok(Ok(tls_stream)) => {
+                    run_connection(&ctx, tls_stream, peer, None, watch, "https", orders).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientTlsError, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientHeaderTimeout, "TLS handshake not completed in time");
+                }
+            }
+        }
+    }
+    drop(reg);
+}
+
+async fn run_connection<I>(
+    ctx: &Arc<ListenerCtx>,
+    client_io: I,
+    peer: SocketAddr,
+    plain: Option<&Arc<TcpStream>>,
+    watch: Arc<io::HeadWatch>,
+    proto: &'static str,
+    mut orders: tokio::sync::watch::Receiver<Option<crate::conntable::CloseOrder>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = Arc::new(HttpConn {
-        ctx: Arc::clone(&ctx),
+        ctx: Arc::clone(ctx),
         peer,
+        proto,
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
         watch: Arc::clone(&watch),
     });
-    let stream = Arc::new(stream);
     let svc_conn = Arc::clone(&conn);
     let service = service_fn(move |req| {
         let c = Arc::clone(&svc_conn);
@@ -121,10 +163,6 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(ctx.settings.max_header_bytes).unwrap_or(u32::MAX));
-    let client_io = io::ClientIo {
-        stream: Arc::clone(&stream),
-        watch: Arc::clone(&watch),
-    };
     let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
     tokio::pin!(served);
     let mut closing = false;
@@ -138,8 +176,10 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
             () = watch.started_now.notified(), if head_at.is_none() => {}
             () = tokio::time::sleep_until(head_at.unwrap_or(idle_at)), if head_at.is_some() => {
                 if watch.head_started().is_some_and(|t| t.elapsed() >= ctx.settings.header_read) {
-                    header_timeout(&ctx, &stream, peer);
-                    break;
+                    if let Some(stream) = plain {
+                        header_timeout(ctx, stream, peer);
+                        break;
+                    }
                 }
             }
             r = served.as_mut() => {
@@ -271,7 +311,7 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
     let (parts, body) = req.into_parts();
     let mut head = parts.headers;
     headers::strip_hop_by_hop(&mut head, upgrade);
-    headers::add_forwarded(&mut head, conn.peer, "http", &host_raw);
+    headers::add_forwarded(&mut head, conn.peer, conn.proto, &host_raw);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         head.insert(rid_header(&ctx), v);
     }

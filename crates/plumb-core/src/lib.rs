@@ -18,6 +18,7 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod server;
 mod sockopt;
+pub mod tls;
 pub mod upstream;
 
 pub use accesslog::{AccessLog, End};

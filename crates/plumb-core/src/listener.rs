@@ -149,6 +149,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) settings: model::Listener,
     /// The default pool (required for TCP; HTTP requests no route matches).
     pub(crate) pool: Option<Arc<Pool>>,
+    /// HTTP: TLS termination, when configured.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
     /// HTTP routes, resolved to pools, in config order.
     pub(crate) routes: Vec<(plumb_config::model::Route, Arc<Pool>)>,
     pub(crate) shared: Arc<Shared>,

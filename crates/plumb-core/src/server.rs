@@ -46,6 +46,8 @@ pub struct Server {
     stop: CancellationToken,
     /// Serialises reloads.
     reloading: Mutex<()>,
+    /// TLS of the listeners that terminate it, by listener name.
+    tls: RwLock<HashMap<String, Arc<crate::tls::Tls>>>,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,9 @@ pub enum ReloadError {
     /// A new or moved listener address could not be bound.
     #[error(transparent)]
     Bind(#[from] listener::BindError),
+    /// A TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The server is not running.
     #[error("the server is not running")]
     NotRunning,
@@ -106,6 +111,7 @@ impl Server {
             running: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             reloading: Mutex::new(()),
+            tls: RwLock::new(HashMap::new()),
         }
     }
 
@@ -166,10 +172,18 @@ impl Server {
         bound: Vec<BoundListener>,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
+        let config = self.config();
+        for l in &config.listeners {
+            if let Some(files) = &l.tls {
+                let tls = crate::tls::Tls::load(&l.name, files)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                tls.watch(self.stop.clone());
+                write(&self.tls).insert(l.name.clone(), tls);
+            }
+        }
         for pool in read(&self.pools).values() {
             pool.start();
         }
-        let config = self.config();
         for b in bound {
             let Some(settings) = config.listeners.iter().find(|l| l.name == b.name) else {
                 return Err(io::Error::new(
@@ -243,6 +257,30 @@ impl Server {
                     fresh_sockets.insert(l.name.clone(), listener::bind(l)?.sockets);
                 }
             }
+        }
+
+        // 1b. TLS: certificates of existing listeners are read again (a file that does
+        // not load fails the reload before anything else changes); new ones loaded.
+        let mut new_tls: HashMap<String, Arc<crate::tls::Tls>> = HashMap::new();
+        for l in &new.listeners {
+            if let Some(files) = &l.tls {
+                let existing = read(&self.tls).get(&l.name).cloned();
+                match existing {
+                    Some(tls) => {
+                        tls.reload(files)?;
+                    }
+                    None => {
+                        new_tls.insert(l.name.clone(), crate::tls::Tls::load(&l.name, files)?);
+                    }
+                }
+            }
+        }
+        for (name, tls) in new_tls {
+            tls.watch(self.stop.clone());
+            write(&self.tls).insert(name.clone(), tls);
+            summary
+                .changes
+                .push(format!("listener {name}: TLS certificate loaded"));
         }
 
         // 2. Pools.
@@ -401,10 +439,15 @@ impl Server {
             routes.push((r.clone(), self.pool(&r.pool)?));
         }
         let stats = self.listener_stats(&settings.name)?;
+        let tls = match &settings.tls {
+            Some(_) => Some(read(&self.tls).get(&settings.name).cloned()?),
+            None => None,
+        };
         Some(Arc::new(ListenerCtx {
             name: Arc::from(settings.name.as_str()),
             settings: settings.clone(),
             pool,
+            tls,
             routes,
             shared: Arc::clone(&self.shared),
             stats,
