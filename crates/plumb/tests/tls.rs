@@ -1,0 +1,174 @@
+//! TLS termination as a user meets it: `plumb serve` with a certificate, curl with
+//! the test CA over HTTP/2 and HTTP/1.1 (ALPN), and the certificate replaced on disk
+//! while plumb runs. curl is installed by `scripts/test`; without it the test says so.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    reason = "a test driving other processes: wall-clock deadlines; a panic is the report"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plain HTTP/1.1 origin: answers every request with "tls-origin" and closes.
+fn origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let proto = String::from_utf8_lossy(&head)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-forwarded-proto: ").map(str::to_string))
+                    .unwrap_or_default();
+                let body = format!("tls-origin via {proto}\n");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+fn self_signed(dir: &Path, tag: &str) -> (String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = dir.join(format!("cert-{tag}.pem"));
+    let key = dir.join(format!("key-{tag}.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn curl(port: u16, ca: &str, version: &str) -> (bool, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            version,
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "-w",
+            "\\n%{http_version}",
+            &format!("https://localhost:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn https_with_alpn_and_certificates_replaced_on_disk() {
+    if !Command::new("sh")
+        .args(["-c", "command -v curl"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("SKIPPED: curl is not installed (scripts/test installs it as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert1, key1) = self_signed(dir.path(), "1");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::copy(&cert1, &cert).unwrap();
+    std::fs::copy(&key1, &key).unwrap();
+    let backend = origin();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"tls\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\ntls = {{ cert = {:?}, key = {:?} }}\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let _plumb = Proc(
+        Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .args(["serve", "-c", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "plumb serve did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // HTTP/2 and HTTP/1.1 by ALPN; the backend hears X-Forwarded-Proto: https.
+    let (ok, out) = curl(port, &cert1, "--http2");
+    assert!(
+        ok && out.contains("tls-origin via https") && out.ends_with("\n2"),
+        "{out}"
+    );
+    let (ok, out) = curl(port, &cert1, "--http1.1");
+    assert!(
+        ok && out.contains("tls-origin via https") && out.ends_with("\n1.1"),
+        "{out}"
+    );
+
+    // A new certificate written over the files is served within a few seconds; the
+    // old trust anchor no longer verifies.
+    let (cert2, key2) = self_signed(dir.path(), "2");
+    std::fs::copy(&key2, &key).unwrap();
+    std::fs::copy(&cert2, &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = curl(port, &cert2, "--http2");
+        if ok {
+            assert!(out.contains("tls-origin via https"), "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, out) = curl(port, &cert1, "--http2");
+    assert!(!ok, "the replaced certificate still verifies: {out}");
+}
