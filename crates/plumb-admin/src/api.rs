@@ -43,6 +43,13 @@ pub(crate) fn route(
             Method::POST => drain(admin, pool, addr, body, false),
             _ => not_allowed(&[Method::POST]),
         },
+        ["metrics"] => only(method, &[Method::GET], || {
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                admin.server.metrics_text().into_bytes(),
+            )
+        }),
         ["api", "v1", "connections"] => only(method, &[Method::GET], || connections(admin)),
         ["api", "v1", "reload"] => only(method, &[Method::POST], || reload(admin)),
         _ => error(

@@ -47,6 +47,14 @@ pub(crate) async fn run(
             Ok(()) => "ok".to_string(),
             Err(r) => r.clone(),
         };
+        pool.metrics
+            .health_checks
+            .get_or_create(&crate::metrics::CheckLabels {
+                pool: pool.name().to_string(),
+                backend: b.addr().to_string(),
+                result: result_class(&reason),
+            })
+            .inc();
         b.set_check(CheckReport {
             ok: result.is_ok(),
             reason: reason.clone(),
@@ -72,6 +80,31 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// A check result as a metric label: `ok`, `connect_refused`, `connect_timeout`,
+/// `status`, `response_timeout`, `closed`, `reset`, `invalid_response`, `error`.
+fn result_class(reason: &str) -> String {
+    let class = if reason == "ok" {
+        "ok"
+    } else if reason.starts_with("connect refused") {
+        "connect_refused"
+    } else if reason.starts_with("connect timeout") {
+        "connect_timeout"
+    } else if reason.starts_with("status ") {
+        "status"
+    } else if reason.starts_with("response timeout") {
+        "response_timeout"
+    } else if reason.starts_with("closed") {
+        "closed"
+    } else if reason.starts_with("reset") {
+        "reset"
+    } else if reason.starts_with("invalid") {
+        "invalid_response"
+    } else {
+        "error"
+    };
+    class.to_string()
 }
 
 /// One check: `Ok` or the reason it failed (`connect refused`, `status 503`...).

@@ -258,6 +258,7 @@ async fn connect_with_retries(
         };
         match result {
             Ok(stream) => {
+                pool.metrics.connected(pool.name(), addr, t0.elapsed());
                 pool.report_success(guard.backend());
                 record.backend = Some(addr);
                 record.error = None;
@@ -319,6 +320,9 @@ fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, st
         None => tracing::debug!(end = f.end.as_str(), "connection closed"),
     }
     ctx.stats.ended(f.end);
+    ctx.shared
+        .metrics
+        .closed(&ctx.name, ctx.pool_name(), f.end.cause(), duration);
     ctx.shared.access_log.write(&Record {
         listener: &ctx.name,
         pool: ctx.pool_name(),

@@ -97,6 +97,8 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
             .register(Arc::clone(&ctx.name), Arc::from(ctx.pool_name()), peer);
     reg.conn()
         .set_state(crate::conntable::ConnState::Established);
+    let started = Instant::now();
+    let mut failed: Option<Cause> = None;
     let watch = Arc::new(io::HeadWatch::new());
     match ctx.tls.clone() {
         None => {
@@ -116,14 +118,19 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
                     run_connection(&ctx, tls_stream, peer, None, watch, "https", orders).await;
                 }
                 Ok(Err(e)) => {
+                    failed = Some(Cause::ClientTlsError);
                     tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientTlsError, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
+                    failed = Some(Cause::ClientHeaderTimeout);
                     tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientHeaderTimeout, "TLS handshake not completed in time");
                 }
             }
         }
     }
+    ctx.shared
+        .metrics
+        .closed(&ctx.name, ctx.pool_name(), failed, started.elapsed());
     drop(reg);
 }
 
@@ -375,6 +382,8 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
                 Some(tx) => (tx, true),
                 None => match client::connect(addr, &settings).await {
                     Ok(tx) => {
+                        pool.metrics
+                            .connected(pool.name(), addr, t_attempt.elapsed());
                         exchange.with(|s| s.connect = Some(t_attempt.elapsed()));
                         (tx, false)
                     }

@@ -14,6 +14,7 @@ pub mod health;
 pub mod l4;
 mod l7;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod server;

@@ -221,6 +221,13 @@ pub(crate) async fn accept_loop(
         backoff = Duration::from_millis(5);
         ctx = slot.current();
         ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        ctx.shared
+            .metrics
+            .connections_accepted
+            .get_or_create(&crate::metrics::ListenerLabels {
+                listener: ctx.name.to_string(),
+            })
+            .inc();
         let permit = match &ctx.limit {
             None => None,
             Some(sem) => match Arc::clone(sem).try_acquire_owned() {
@@ -260,6 +267,14 @@ fn refuse(ctx: &ListenerCtx, stream: tokio::net::TcpStream, peer: SocketAddr) {
     sockopt::arm_reset(&stream);
     drop(stream);
     ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+    ctx.shared
+        .metrics
+        .connections_refused
+        .get_or_create(&crate::metrics::ListenerCauseLabels {
+            listener: ctx.name.to_string(),
+            cause: Cause::ListenerConnectionLimit.as_str().to_string(),
+        })
+        .inc();
     let end = End::Failed(Cause::ListenerConnectionLimit);
     ctx.stats.ended(end);
     // One warning a second at most: this runs in the accept loop, during a flood.

@@ -38,6 +38,7 @@ pub struct Pool {
     /// Time zero of the pool's millisecond clock (backend timestamps count from it).
     epoch: Instant,
     conns: Arc<ConnTable>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Cancelled when the server stops: ends health checks and drains.
     stop: CancellationToken,
     /// HTTP: kept-alive upstream connections.
@@ -115,7 +116,11 @@ pub struct UnknownBackend(pub SocketAddr);
 
 impl Pool {
     /// Builds a pool from its validated config. Nothing runs until [`Pool::start`].
-    pub fn new(cfg: &model::Pool, conns: Arc<ConnTable>) -> Arc<Pool> {
+    pub fn new(
+        cfg: &model::Pool,
+        conns: Arc<ConnTable>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Pool> {
         let backends = cfg
             .backends
             .iter()
@@ -132,6 +137,7 @@ impl Pool {
             tasks: std::sync::Mutex::new(stop.child_token()),
             epoch: Instant::now(),
             conns,
+            metrics,
             stop,
             http_idle: crate::l7::client::KeepAlive::default(),
             retry_tokens: std::sync::Mutex::new(RETRY_TOKENS_START),
@@ -413,6 +419,12 @@ impl Pool {
         timeout: Option<Duration>,
         remove: bool,
     ) -> Duration {
+        self.metrics
+            .drains_started
+            .get_or_create(&crate::metrics::PoolLabels {
+                pool: self.name.to_string(),
+            })
+            .inc();
         let addr = b.addr();
         let timeout = timeout.unwrap_or(self.settings().drain.timeout);
         b.set_draining(true);
@@ -486,6 +498,7 @@ impl Pool {
     /// Traffic saw a connect failure or a reset from `b`. Enough in a row eject it for
     /// a back-off that doubles while it keeps failing.
     pub(crate) fn report_failure(&self, b: &Backend, cause: Cause) {
+        self.metrics.upstream_failure(&self.name, b.addr(), cause);
         let now = self.now_ms();
         let n = b.record_failure(cause, now);
         let settings = self.settings();

@@ -31,6 +31,7 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown begins: HTTP connections finish what is in flight and
     /// close (GOAWAY, `Connection: close`).
     pub(crate) draining: CancellationToken,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A configured load balancer, ready to run.
@@ -87,10 +88,16 @@ impl Server {
     /// Builds pools and opens the access log. Binds nothing.
     pub fn new(config: &Config, access_log: AccessLog) -> Server {
         let conns = Arc::new(ConnTable::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let pools = config
             .pools
             .iter()
-            .map(|p| (p.name.clone(), Pool::new(p, Arc::clone(&conns))))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Pool::new(p, Arc::clone(&conns), Arc::clone(&metrics)),
+                )
+            })
             .collect();
         let stats = config
             .listeners
@@ -105,6 +112,7 @@ impl Server {
                 access_log,
                 tasks: TaskTracker::new(),
                 draining: CancellationToken::new(),
+                metrics,
             }),
             pools: RwLock::new(pools),
             stats: RwLock::new(stats),
@@ -157,6 +165,59 @@ impl Server {
     /// Waits (up to `limit`) until every access-log line queued so far is written.
     pub async fn flush_access_log(&self, limit: Duration) {
         self.shared.access_log.flush(limit).await;
+    }
+
+    /// The metrics in Prometheus text form, with state gauges brought up to date.
+    pub fn metrics_text(&self) -> String {
+        use crate::metrics::{BackendLabels, BackendStateLabels, ListenerLabels, PoolLabels};
+        let m = &self.shared.metrics;
+        let config = self.config();
+        let conns = self.shared.conns.snapshot();
+        for l in &config.listeners {
+            let open = conns.iter().filter(|c| c.listener() == l.name).count();
+            m.connections_active
+                .get_or_create(&ListenerLabels {
+                    listener: l.name.clone(),
+                })
+                .set(i64::try_from(open).unwrap_or(i64::MAX));
+        }
+        m.backend_up.clear();
+        m.backend_state.clear();
+        for pool in self.pools() {
+            let now = pool.now_ms();
+            for b in pool.backends().iter() {
+                let state = b.state(now);
+                let labels = BackendLabels {
+                    pool: pool.name().to_string(),
+                    backend: b.addr().to_string(),
+                };
+                m.backend_up
+                    .get_or_create(&labels)
+                    .set(i64::from(b.is_available(now)));
+                for s in [
+                    crate::pool::BackendState::Healthy,
+                    crate::pool::BackendState::Unhealthy,
+                    crate::pool::BackendState::Draining,
+                ] {
+                    m.backend_state
+                        .get_or_create(&BackendStateLabels {
+                            pool: labels.pool.clone(),
+                            backend: labels.backend.clone(),
+                            state: s.as_str().to_string(),
+                        })
+                        .set(i64::from(s == state));
+                }
+            }
+            m.idle_connections
+                .get_or_create(&PoolLabels {
+                    pool: pool.name().to_string(),
+                })
+                .set(i64::try_from(pool.idle_connections()).unwrap_or(i64::MAX));
+        }
+        let dropped = self.shared.access_log.dropped();
+        m.access_log_dropped
+            .inc_by(dropped.saturating_sub(m.access_log_dropped.get()));
+        m.encode()
     }
 
     /// A listener's counters by name.
@@ -319,7 +380,11 @@ impl Server {
                         }
                     }
                     None => {
-                        let pool = Pool::new(p, Arc::clone(&self.shared.conns));
+                        let pool = Pool::new(
+                            p,
+                            Arc::clone(&self.shared.conns),
+                            Arc::clone(&self.shared.metrics),
+                        );
                         pool.start();
                         pools.insert(p.name.clone(), pool);
                         summary.changes.push(format!("pool {}: added", p.name));

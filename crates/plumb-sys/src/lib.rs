@@ -116,3 +116,71 @@ pub fn take_error(sock: &impl AsFd) -> io::Result<Option<io::Error>> {
 pub fn tcp_info(sock: &impl AsFd) -> io::Result<TcpInfo> {
     tcp_info::read(sock.as_fd())
 }
+
+/// The kernel's TCP counters for this network namespace, from `/proc/net/netstat`
+/// (`TcpExt`) and `/proc/net/snmp` (`Tcp`). These are what showed incident 003: SYNs
+/// dropped because an accept queue overflowed, and retransmissions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelTcpCounters {
+    /// `TcpExtListenOverflows`: connections dropped because an accept queue was full.
+    pub listen_overflows: u64,
+    /// `TcpExtListenDrops`: SYNs dropped at a listening socket, for any reason.
+    pub listen_drops: u64,
+    /// `TcpRetransSegs`: segments retransmitted.
+    pub retrans_segs: u64,
+    /// `TcpExtTCPTimeouts`: retransmission timeouts.
+    pub timeouts: u64,
+    /// `TcpExtTCPSynRetrans`: SYN and SYN-ACK retransmissions.
+    pub syn_retrans: u64,
+}
+
+/// Reads [`KernelTcpCounters`] from `/proc/net`.
+pub fn kernel_tcp_counters() -> io::Result<KernelTcpCounters> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat")?;
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    Ok(parse_kernel_counters(&netstat, &snmp))
+}
+
+/// Parses the `Prefix: names...` / `Prefix: values...` line pairs of `/proc/net`.
+fn proc_net_value(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let idx = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(idx)?.parse().ok()
+}
+
+fn parse_kernel_counters(netstat: &str, snmp: &str) -> KernelTcpCounters {
+    let ext = |name| proc_net_value(netstat, "TcpExt:", name).unwrap_or(0);
+    KernelTcpCounters {
+        listen_overflows: ext("ListenOverflows"),
+        listen_drops: ext("ListenDrops"),
+        retrans_segs: proc_net_value(snmp, "Tcp:", "RetransSegs").unwrap_or(0),
+        timeouts: ext("TCPTimeouts"),
+        syn_retrans: ext("TCPSynRetrans"),
+    }
+}
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_pairs() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPTimeouts TCPSynRetrans\nTcpExt: 0 7 9 3 2\nIpExt: InNoRoutes\nIpExt: 0\n";
+        let snmp = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm RetransSegs\nTcp: 1 42\n";
+        let c = parse_kernel_counters(netstat, snmp);
+        assert_eq!(
+            c,
+            KernelTcpCounters {
+                listen_overflows: 7,
+                listen_drops: 9,
+                retrans_segs: 42,
+                timeouts: 3,
+                syn_retrans: 2
+            }
+        );
+        assert_eq!(parse_kernel_counters("", ""), KernelTcpCounters::default());
+        // This machine's own files parse.
+        assert!(kernel_tcp_counters().is_ok());
+    }
+}

@@ -102,6 +102,27 @@ impl Exchange {
         }
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let total = s.started.map(|t| t.elapsed()).unwrap_or_default();
+        let m = &self.ctx.shared.metrics;
+        let pool = s.pool.as_deref().unwrap_or("").to_string();
+        m.requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                listener: self.ctx.name.to_string(),
+                pool,
+                code: s.status.to_string(),
+                cause: s.cause.map_or("none", Cause::as_str).to_string(),
+            })
+            .inc();
+        let listener = crate::metrics::ListenerLabels {
+            listener: self.ctx.name.to_string(),
+        };
+        m.request_duration
+            .get_or_create(&listener)
+            .observe(total.as_secs_f64());
+        if let Some(fb) = s.first_byte {
+            m.first_byte
+                .get_or_create(&listener)
+                .observe(fb.as_secs_f64());
+        }
         if let Some(cause) = s.cause {
             tracing::info!(
                 listener = %self.ctx.name,

@@ -50,6 +50,14 @@ pub(super) async fn run(
         }
         c.close(order);
     }
+    let labels = crate::metrics::PoolLabels {
+        pool: pool.name().to_string(),
+    };
+    pool.metrics
+        .drain_closed
+        .get_or_create(&labels)
+        .inc_by(u64::from(n));
+    pool.metrics.drains_completed.get_or_create(&labels).inc();
     if n > 0 {
         tracing::info!(pool = %pool.name(), backend.addr = %addr, closed = n, spread_ms = spread.as_millis() as u64, "drain deadline: closed open connections");
     }

@@ -19,7 +19,7 @@ fn addr(port: u16) -> SocketAddr {
 
 #[tokio::test(start_paused = true)]
 async fn passive_ejection_backs_off_and_panic_mode_still_tries() {
-    let pool = Pool::new(&cfg("[pool.passive]\nconsecutive_failures = 2\nejection = \"10s\"\nmax_ejection = \"25s\"\n"), Arc::default());
+    let pool = Pool::new(&cfg("[pool.passive]\nconsecutive_failures = 2\nejection = \"10s\"\nmax_ejection = \"25s\"\n"), Arc::default(), Arc::default());
     let b1 = pool.backend(addr(9001)).unwrap();
     pool.report_failure(&b1, Cause::UpstreamConnectRefused);
     assert!(b1.is_available(pool.now_ms()), "one failure is not enough");
@@ -74,6 +74,7 @@ async fn connection_limit_sends_clients_elsewhere_then_refuses() {
     let pool = Pool::new(
         &cfg("[pool.upstream]\nmax_connections_per_backend = 1\n"),
         Arc::default(),
+        Arc::default(),
     );
     let held: Vec<ActiveGuard> = (0..3).map(|_| pool.pick(&[]).unwrap()).collect();
     let mut ports: Vec<u16> = held.iter().map(|g| g.backend().addr().port()).collect();
@@ -93,7 +94,11 @@ async fn connection_limit_sends_clients_elsewhere_then_refuses() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_stops_new_picks_at_once_and_deregistration_removes() {
-    let pool = Pool::new(&cfg("[pool.drain]\ntimeout = \"5s\"\n"), Arc::default());
+    let pool = Pool::new(
+        &cfg("[pool.drain]\ntimeout = \"5s\"\n"),
+        Arc::default(),
+        Arc::default(),
+    );
     pool.drain(addr(9002), None, true).unwrap();
     for _ in 0..30 {
         assert_ne!(pool.pick(&[]).unwrap().backend().addr(), addr(9002));
@@ -113,7 +118,11 @@ async fn drain_stops_new_picks_at_once_and_deregistration_removes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drained_backend_holding_connections_waits_for_the_deadline() {
-    let pool = Pool::new(&cfg("[pool.drain]\ntimeout = \"5s\"\n"), Arc::default());
+    let pool = Pool::new(
+        &cfg("[pool.drain]\ntimeout = \"5s\"\n"),
+        Arc::default(),
+        Arc::default(),
+    );
     let held = pool.pick(&[addr(9002), addr(9003)]).unwrap();
     assert_eq!(held.backend().addr(), addr(9001));
     pool.drain(addr(9001), None, true).unwrap();
@@ -132,7 +141,11 @@ async fn a_drained_backend_holding_connections_waits_for_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn register_adds_updates_and_restores() {
-    let pool = Pool::new(&cfg("slow_start = \"10s\"\n"), Arc::default());
+    let pool = Pool::new(
+        &cfg("slow_start = \"10s\"\n"),
+        Arc::default(),
+        Arc::default(),
+    );
     assert_eq!(pool.register(addr(9004), Some(4)), Registered::Created);
     let b4 = pool.backend(addr(9004)).unwrap();
     assert_eq!(b4.weight(), 4);

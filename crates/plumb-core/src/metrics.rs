@@ -1,0 +1,473 @@
+//! Prometheus metrics (DESIGN.md §6), exposed by the admin API at `GET /metrics`.
+//!
+//! Event counters and histograms are updated where the events happen; gauges that
+//! describe state (backend health, idle connections, open connections) are set from
+//! that state at each scrape; the kernel's TCP counters are read from `/proc/net` at
+//! each scrape. Names carry the `plumb_` prefix, counters end in `_total`, durations
+//! are histograms in seconds.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Labels of listener-level series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: String,
+}
+
+/// Labels of a listener and a cause.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerCauseLabels {
+    /// Listener name.
+    pub listener: String,
+    /// The cause (DESIGN.md §5).
+    pub cause: String,
+}
+
+/// Labels of ended connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Pool name ("" when none).
+    pub pool: String,
+    /// `none` for a normal close, else the cause.
+    pub cause: String,
+}
+
+/// Labels of HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Pool name ("" when no route matched).
+    pub pool: String,
+    /// Status sent to the client.
+    pub code: String,
+    /// `none`, or the cause.
+    pub cause: String,
+}
+
+/// Labels of pool-level series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Pool name.
+    pub pool: String,
+}
+
+/// Labels of backend-level series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub backend: String,
+}
+
+/// Labels of backend state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendStateLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub backend: String,
+    /// `healthy`, `unhealthy` or `draining`.
+    pub state: String,
+}
+
+/// Labels of health-check results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub backend: String,
+    /// `ok`, `connect_refused`, `connect_timeout`, `status`, `response_timeout`...
+    pub result: String,
+}
+
+type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    // 0.5 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// Every metric plumb exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted.
+    pub connections_accepted: Family<ListenerLabels, Counter>,
+    /// Connections refused at once (over `max_connections`).
+    pub connections_refused: Family<ListenerCauseLabels, Counter>,
+    /// Connections open now (set at scrape).
+    pub connections_active: Family<ListenerLabels, Gauge>,
+    /// Connections ended, by cause (`none` for a normal close).
+    pub connections_closed: Family<ClosedLabels, Counter>,
+    /// Connection lifetimes.
+    pub connection_duration: Hist<ListenerLabels>,
+    /// HTTP requests, by status and cause.
+    pub requests: Family<RequestLabels, Counter>,
+    /// HTTP request durations (to the end of the response).
+    pub request_duration: Hist<ListenerLabels>,
+    /// HTTP time to the response head.
+    pub first_byte: Hist<ListenerLabels>,
+    /// Upstream connect time.
+    pub upstream_connect: Hist<BackendLabels>,
+    /// Failed connect attempts and resets seen by traffic, by backend and cause.
+    pub upstream_failures: Family<BackendCauseLabels, Counter>,
+    /// 1 if a backend takes new connections (set at scrape).
+    pub backend_up: Family<BackendLabels, Gauge>,
+    /// 1 for the backend's current state (set at scrape).
+    pub backend_state: Family<BackendStateLabels, Gauge>,
+    /// Health-check results.
+    pub health_checks: Family<CheckLabels, Counter>,
+    /// Drains started.
+    pub drains_started: Family<PoolLabels, Counter>,
+    /// Drains that reached their end (deadline or no connection left).
+    pub drains_completed: Family<PoolLabels, Counter>,
+    /// Connections closed by a drain deadline.
+    pub drain_closed: Family<PoolLabels, Counter>,
+    /// Idle kept-alive upstream connections (set at scrape).
+    pub idle_connections: Family<PoolLabels, Gauge>,
+    /// Access-log lines dropped because the writer fell behind (brought up to date
+    /// at scrape).
+    pub access_log_dropped: Counter,
+}
+
+/// Labels of a backend and a cause.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendCauseLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub backend: String,
+    /// The cause.
+    pub cause: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// All families, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("plumb");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections_accepted: Family::default(),
+            connections_refused: Family::default(),
+            connections_active: Family::default(),
+            connections_closed: Family::default(),
+            connection_duration: Family::new_with_constructor(seconds as fn() -> Histogram),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(seconds as fn() -> Histogram),
+            first_byte: Family::new_with_constructor(seconds as fn() -> Histogram),
+            upstream_connect: Family::new_with_constructor(seconds as fn() -> Histogram),
+            upstream_failures: Family::default(),
+            backend_up: Family::default(),
+            backend_state: Family::default(),
+            health_checks: Family::default(),
+            drains_started: Family::default(),
+            drains_completed: Family::default(),
+            drain_closed: Family::default(),
+            idle_connections: Family::default(),
+            access_log_dropped: Counter::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "connections_accepted",
+            "Client connections accepted",
+            m.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections reset at once, by cause (listener_connection_limit)",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Client connections open now",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Client connections ended, by cause (none: a normal close)",
+            m.connections_closed.clone(),
+        );
+        r.register_with_unit(
+            "connection_duration",
+            "Client connection lifetimes",
+            Unit::Seconds,
+            m.connection_duration.clone(),
+        );
+        r.register(
+            "requests",
+            "HTTP requests, by status code and cause (none: no failure)",
+            m.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "HTTP requests from start to the end of the response",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        r.register_with_unit(
+            "time_to_first_byte",
+            "HTTP requests from start to the response head",
+            Unit::Seconds,
+            m.first_byte.clone(),
+        );
+        r.register_with_unit(
+            "upstream_connect",
+            "Time to connect to a backend",
+            Unit::Seconds,
+            m.upstream_connect.clone(),
+        );
+        r.register(
+            "upstream_failures",
+            "Connect failures and resets seen by traffic, by backend and cause",
+            m.upstream_failures.clone(),
+        );
+        r.register(
+            "backend_up",
+            "1 if the backend takes new connections",
+            m.backend_up.clone(),
+        );
+        r.register(
+            "backend_state",
+            "1 for the backend's current state",
+            m.backend_state.clone(),
+        );
+        r.register(
+            "health_checks",
+            "Health check results, by result",
+            m.health_checks.clone(),
+        );
+        r.register(
+            "drains_started",
+            "Backend drains started",
+            m.drains_started.clone(),
+        );
+        r.register(
+            "drains_completed",
+            "Backend drains that reached their end",
+            m.drains_completed.clone(),
+        );
+        r.register(
+            "drain_closed_connections",
+            "Connections closed at a drain deadline",
+            m.drain_closed.clone(),
+        );
+        r.register(
+            "pool_idle_connections",
+            "Idle kept-alive connections to backends",
+            m.idle_connections.clone(),
+        );
+        r.register(
+            "access_log_dropped_lines",
+            "Access-log lines dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
+        );
+        r.register_collector(Box::new(KernelCollector));
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4, `text/plain; version=0.0.4`),
+    /// which Prometheus and `promtool check metrics` both read.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        openmetrics_to_prometheus(&out)
+    }
+
+    /// Counts an ended connection.
+    pub(crate) fn closed(
+        &self,
+        listener: &str,
+        pool: &str,
+        cause: Option<crate::Cause>,
+        duration: std::time::Duration,
+    ) {
+        self.connections_closed
+            .get_or_create(&ClosedLabels {
+                listener: listener.to_string(),
+                pool: pool.to_string(),
+                cause: cause.map_or("none", crate::Cause::as_str).to_string(),
+            })
+            .inc();
+        self.connection_duration
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a failure seen by traffic against a backend.
+    pub(crate) fn upstream_failure(
+        &self,
+        pool: &str,
+        backend: std::net::SocketAddr,
+        cause: crate::Cause,
+    ) {
+        self.upstream_failures
+            .get_or_create(&BackendCauseLabels {
+                pool: pool.to_string(),
+                backend: backend.to_string(),
+                cause: cause.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a connect time.
+    pub(crate) fn connected(
+        &self,
+        pool: &str,
+        backend: std::net::SocketAddr,
+        took: std::time::Duration,
+    ) {
+        self.upstream_connect
+            .get_or_create(&BackendLabels {
+                pool: pool.to_string(),
+                backend: backend.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// prometheus-client writes OpenMetrics, where a counter family `x` has samples
+/// `x_total`. The classic text format names the family after its samples, and has
+/// no `# UNIT` or `# EOF` lines; this rewrites one into the other.
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    let mut out = String::with_capacity(om.len() + 256);
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads the kernel's TCP counters at each scrape.
+#[derive(Debug)]
+struct KernelCollector;
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(k) = plumb_sys::kernel_tcp_counters() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "kernel_listen_overflows",
+                "TcpExtListenOverflows: connections dropped because an accept queue was full",
+                k.listen_overflows,
+            ),
+            (
+                "kernel_listen_drops",
+                "TcpExtListenDrops: SYNs dropped at a listening socket",
+                k.listen_drops,
+            ),
+            (
+                "kernel_retrans_segs",
+                "TcpRetransSegs: TCP segments retransmitted",
+                k.retrans_segs,
+            ),
+            (
+                "kernel_tcp_timeouts",
+                "TcpExtTCPTimeouts: TCP retransmission timeouts",
+                k.timeouts,
+            ),
+            (
+                "kernel_syn_retrans",
+                "TcpExtTCPSynRetrans: SYN and SYN-ACK retransmissions",
+                k.syn_retrans,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_after_their_samples_in_the_classic_format() {
+        let om = "# HELP plumb_requests HTTP requests.\n# TYPE plumb_requests counter\nplumb_requests_total{code=\"200\"} 3\n# HELP plumb_up Up.\n# TYPE plumb_up gauge\nplumb_up 1\n# HELP plumb_d D.\n# TYPE plumb_d histogram\n# UNIT plumb_d seconds\nplumb_d_sum 0\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP plumb_requests_total HTTP requests.\n# TYPE plumb_requests_total counter\nplumb_requests_total{code=\"200\"} 3\n# HELP plumb_up Up.\n# TYPE plumb_up gauge\nplumb_up 1\n# HELP plumb_d D.\n# TYPE plumb_d histogram\nplumb_d_sum 0\n"
+        );
+    }
+
+    #[test]
+    fn every_family_is_exposed() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                listener: "l".into(),
+                pool: "p".into(),
+                code: "502".into(),
+                cause: "upstream_connect_refused".into(),
+            })
+            .inc();
+        let text = m.encode();
+        for family in [
+            "plumb_requests_total",
+            "plumb_kernel_listen_overflows_total",
+            "plumb_kernel_listen_drops_total",
+            "plumb_kernel_retrans_segs_total",
+            "plumb_kernel_tcp_timeouts_total",
+            "plumb_kernel_syn_retrans_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} counter")),
+                "{family} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("plumb_requests_total{listener=\"l\",pool=\"p\",code=\"502\",cause=\"upstream_connect_refused\"} 1"), "{text}");
+        assert!(!text.contains("# EOF"));
+    }
+}
