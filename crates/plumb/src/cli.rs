@@ -14,6 +14,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "plumb", version, about, long_about = None)]
 pub struct Args {
+    /// Diagnostic log format on stderr: text for people, json (one object per line)
+    /// for log pipelines. Filter with RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    log_format: Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,13 +75,20 @@ pub enum Format {
 }
 
 /// Diagnostic logs go to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
+pub fn init_logging(args: &Args) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match args.log_format {
+        Format::Text => builder.init(),
+        Format::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Runs the chosen command.
