@@ -166,16 +166,24 @@ fn connections(admin: &Admin) -> Response<Full<Bytes>> {
         .conns()
         .snapshot()
         .iter()
-        .map(|c| ConnView {
-            id: c.id(),
-            listener: c.listener().to_string(),
-            pool: c.pool().to_string(),
-            client: c.client().to_string(),
-            backend: c.backend().map(|b| b.to_string()),
-            age_ms: c.age().as_millis() as u64,
-            bytes_from_client: c.bytes_from_client(),
-            bytes_to_client: c.bytes_to_client(),
-            state: c.state().as_str(),
+        .map(|c| {
+            let (client_tcp, upstream_tcp) = c.tcp_info();
+            let suspected_blackhole = client_tcp.is_some_and(|i| i.suspected_blackhole())
+                || upstream_tcp.is_some_and(|i| i.suspected_blackhole());
+            ConnView {
+                id: c.id(),
+                listener: c.listener().to_string(),
+                pool: c.pool().to_string(),
+                client: c.client().to_string(),
+                backend: c.backend().map(|b| b.to_string()),
+                age_ms: c.age().as_millis() as u64,
+                bytes_from_client: c.bytes_from_client(),
+                bytes_to_client: c.bytes_to_client(),
+                state: c.state().as_str(),
+                client_tcp: client_tcp.map(Into::into),
+                upstream_tcp: upstream_tcp.map(Into::into),
+                suspected_blackhole,
+            }
         })
         .collect();
     json(StatusCode::OK, &conns)

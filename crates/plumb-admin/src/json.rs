@@ -71,6 +71,40 @@ pub(crate) struct ConnView {
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
     pub state: &'static str,
+    pub client_tcp: Option<TcpInfoView>,
+    pub upstream_tcp: Option<TcpInfoView>,
+    pub suspected_blackhole: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TcpInfoView {
+    pub rtt_ms: f64,
+    pub rttvar_ms: f64,
+    pub retransmits: u8,
+    pub total_retrans: u32,
+    pub unacked: u32,
+    pub lost: u32,
+    pub pmtu: u32,
+    pub snd_mss: u32,
+    pub rcv_mss: u32,
+    pub suspected_blackhole: bool,
+}
+
+impl From<plumb_sys::TcpInfo> for TcpInfoView {
+    fn from(i: plumb_sys::TcpInfo) -> Self {
+        TcpInfoView {
+            rtt_ms: f64::from(i.rtt) / 1000.0,
+            rttvar_ms: f64::from(i.rttvar) / 1000.0,
+            retransmits: i.retransmits,
+            total_retrans: i.total_retrans,
+            unacked: i.unacked,
+            lost: i.lost,
+            pmtu: i.pmtu,
+            snd_mss: i.snd_mss,
+            rcv_mss: i.rcv_mss,
+            suspected_blackhole: i.suspected_blackhole(),
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -114,6 +114,26 @@ pub struct Record<'a> {
     pub end: End,
     /// The I/O error behind the end, if any.
     pub error: Option<String>,
+    /// `TCP_INFO` of the client leg at close.
+    pub client_tcp: Option<plumb_sys::TcpInfo>,
+    /// `TCP_INFO` of the backend leg at close.
+    pub upstream_tcp: Option<plumb_sys::TcpInfo>,
+}
+
+/// What the access log says of a leg's `TCP_INFO`.
+#[derive(Serialize)]
+struct TcpLine {
+    rtt_ms: f64,
+    total_retrans: u32,
+    suspected_blackhole: bool,
+}
+
+fn tcp_line(i: Option<plumb_sys::TcpInfo>) -> Option<TcpLine> {
+    i.map(|i| TcpLine {
+        rtt_ms: f64::from(i.rtt) / 1000.0,
+        total_retrans: i.total_retrans,
+        suspected_blackhole: i.suspected_blackhole(),
+    })
 }
 
 #[derive(Serialize)]
@@ -132,6 +152,8 @@ struct Line<'a> {
     end: &'static str,
     cause: Option<&'static str>,
     error: Option<&'a str>,
+    client_tcp: Option<TcpLine>,
+    upstream_tcp: Option<TcpLine>,
 }
 
 /// What is logged about one HTTP request.
@@ -348,6 +370,8 @@ impl AccessLog {
             end: r.end.as_str(),
             cause: r.end.cause().map(Cause::as_str),
             error: r.error.as_deref(),
+            client_tcp: tcp_line(r.client_tcp),
+            upstream_tcp: tcp_line(r.upstream_tcp),
         };
         self.queue_line(&line);
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -74,6 +74,14 @@ pub struct Conn {
     /// Which side sent the last byte: 0 nobody, 1 client, 2 upstream.
     last_sender: AtomicU8,
     orders: watch::Sender<Option<CloseOrder>>,
+    /// The two sockets, once connected, for reading `TCP_INFO` from outside the task.
+    legs: Mutex<Legs>,
+}
+
+#[derive(Debug, Default)]
+struct Legs {
+    client: Option<Weak<tokio::net::TcpStream>>,
+    upstream: Option<Weak<tokio::net::TcpStream>>,
 }
 
 impl Conn {
@@ -118,6 +126,31 @@ impl Conn {
             _ => ConnState::Connecting,
         }
     }
+    /// `TCP_INFO` of the client leg and the backend leg, when they are open and known.
+    pub fn tcp_info(&self) -> (Option<plumb_sys::TcpInfo>, Option<plumb_sys::TcpInfo>) {
+        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        let read = |w: &Option<Weak<tokio::net::TcpStream>>| {
+            w.as_ref()
+                .and_then(Weak::upgrade)
+                .and_then(|s| plumb_sys::tcp_info(&*s).ok())
+        };
+        (read(&legs.client), read(&legs.upstream))
+    }
+
+    pub(crate) fn set_legs(
+        &self,
+        client: Option<&Arc<tokio::net::TcpStream>>,
+        upstream: Option<&Arc<tokio::net::TcpStream>>,
+    ) {
+        let mut legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = client {
+            legs.client = Some(Arc::downgrade(c));
+        }
+        if let Some(u) = upstream {
+            legs.upstream = Some(Arc::downgrade(u));
+        }
+    }
+
     /// Tells the connection's task to close both legs.
     pub fn close(&self, order: CloseOrder) {
         self.orders.send_replace(Some(order));
@@ -220,6 +253,7 @@ impl ConnTable {
             last_activity_ms: AtomicU64::new(0),
             last_sender: AtomicU8::new(0),
             orders,
+            legs: Mutex::new(Legs::default()),
         });
         self.lock().insert(id, Arc::clone(&conn));
         let reg = Registration {

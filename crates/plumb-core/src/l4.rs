@@ -63,6 +63,7 @@ pub(crate) async fn serve(
             failed: Vec::new(),
             end: End::ClientClosed,
             error: None,
+            tcp: None,
         };
 
         // 1. The PROXY header, if the front sends one.
@@ -130,6 +131,9 @@ pub(crate) async fn serve(
             }
         }
         conn.set_state(ConnState::Established);
+        let client = Arc::new(client);
+        let upstream = Arc::new(upstream);
+        conn.set_legs(Some(&client), Some(&upstream));
 
         // 3. Bytes both ways until one side ends it.
         let outcome = tunnel::run(
@@ -140,6 +144,11 @@ pub(crate) async fn serve(
             &mut orders,
         )
         .await;
+        // What the kernel knows of both legs, read before they close.
+        record.tcp = Some((
+            plumb_sys::tcp_info(&*client).ok(),
+            plumb_sys::tcp_info(&*upstream).ok(),
+        ));
         match outcome {
             Outcome::Closed { first } => {
                 record.end = match first {
@@ -197,6 +206,8 @@ struct Finish {
     failed: Vec<Attempt>,
     end: End,
     error: Option<String>,
+    /// `TCP_INFO` of the client and backend legs at close.
+    tcp: Option<(Option<plumb_sys::TcpInfo>, Option<plumb_sys::TcpInfo>)>,
 }
 
 /// Tries backends until one connects. `None`: the client must be reset; `record.end`
@@ -320,6 +331,25 @@ fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, st
         None => tracing::debug!(end = f.end.as_str(), "connection closed"),
     }
     ctx.stats.ended(f.end);
+    let (client_tcp, upstream_tcp) = f.tcp.unwrap_or((None, None));
+    for (leg, info) in [("client", client_tcp), ("upstream", upstream_tcp)] {
+        if info.is_some_and(|i| i.suspected_blackhole()) {
+            tracing::warn!(
+                leg,
+                backend.addr = f.backend.map(|b| b.to_string()),
+                "suspected_blackhole: data outstanding and retransmitted with no acknowledgement at close (a path MTU black hole looks like this)"
+            );
+            ctx.shared
+                .metrics
+                .suspected_blackhole
+                .get_or_create(&crate::metrics::LegLabels {
+                    listener: ctx.name.to_string(),
+                    pool: ctx.pool_name().to_string(),
+                    leg: leg.to_string(),
+                })
+                .inc();
+        }
+    }
     ctx.shared
         .metrics
         .closed(&ctx.name, ctx.pool_name(), f.end.cause(), duration);
@@ -335,5 +365,7 @@ fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, st
         duration,
         end: f.end,
         error: f.error,
+        client_tcp,
+        upstream_tcp,
     });
 }

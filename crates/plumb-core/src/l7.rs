@@ -103,6 +103,7 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
     match ctx.tls.clone() {
         None => {
             let stream = Arc::new(stream);
+            reg.conn().set_legs(Some(&stream), None);
             let client_io = io::ClientIo {
                 stream: Arc::clone(&stream),
                 watch: Arc::clone(&watch),

@@ -304,5 +304,7 @@ fn refuse(ctx: &ListenerCtx, stream: tokio::net::TcpStream, peer: SocketAddr) {
         duration: Duration::ZERO,
         end,
         error: None,
+        client_tcp: None,
+        upstream_tcp: None,
     });
 }

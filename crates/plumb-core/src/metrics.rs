@@ -56,6 +56,17 @@ pub struct RequestLabels {
     pub cause: String,
 }
 
+/// Labels of per-leg series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LegLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Pool name.
+    pub pool: String,
+    /// `client` or `upstream`.
+    pub leg: String,
+}
+
 /// Labels of pool-level series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -139,6 +150,8 @@ pub struct Metrics {
     pub drain_closed: Family<PoolLabels, Counter>,
     /// Idle kept-alive upstream connections (set at scrape).
     pub idle_connections: Family<PoolLabels, Gauge>,
+    /// Connections whose leg had the black-hole signature when it closed.
+    pub suspected_blackhole: Family<LegLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind (brought up to date
     /// at scrape).
     pub access_log_dropped: Counter,
@@ -184,6 +197,7 @@ impl Metrics {
             drains_completed: Family::default(),
             drain_closed: Family::default(),
             idle_connections: Family::default(),
+            suspected_blackhole: Family::default(),
             access_log_dropped: Counter::default(),
         };
         let r = &mut registry;
@@ -275,6 +289,11 @@ impl Metrics {
             "pool_idle_connections",
             "Idle kept-alive connections to backends",
             m.idle_connections.clone(),
+        );
+        r.register(
+            "suspected_blackhole",
+            "Connections closed while a leg had data outstanding and retransmitted with no acknowledgement (the TCP_INFO signature of a path MTU black hole)",
+            m.suspected_blackhole.clone(),
         );
         r.register(
             "access_log_dropped_lines",

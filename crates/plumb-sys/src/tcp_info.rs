@@ -90,6 +90,17 @@ impl TcpInfo {
     pub fn is_established(&self) -> bool {
         self.state == STATE_ESTABLISHED
     }
+
+    /// The signature of a path MTU black hole (incident 000) as one socket sees it:
+    /// the handshake succeeded (established), data is outstanding, and the segment at
+    /// the head of the queue has been retransmitted at least twice with no
+    /// acknowledgement since. Small packets (the handshake, ACKs) crossed the path;
+    /// the full-size data segment does not. A peer that vanished looks the same from
+    /// here, so this is a suspicion to act on (probe the path, clamp the MSS), not a
+    /// verdict.
+    pub fn suspected_blackhole(&self) -> bool {
+        self.is_established() && self.unacked > 0 && self.retransmits >= 2
+    }
 }
 
 pub(crate) fn read(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
@@ -100,6 +111,41 @@ pub(crate) fn read(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blackhole_signature() {
+        let healthy = TcpInfo {
+            state: STATE_ESTABLISHED,
+            unacked: 3,
+            retransmits: 0,
+            total_retrans: 5,
+            ..TcpInfo::default()
+        };
+        assert!(
+            !healthy.suspected_blackhole(),
+            "past retransmissions that were recovered are not a black hole"
+        );
+        let once = TcpInfo {
+            retransmits: 1,
+            ..healthy
+        };
+        assert!(
+            !once.suspected_blackhole(),
+            "one lost segment is ordinary loss"
+        );
+        let stuck = TcpInfo {
+            retransmits: 3,
+            ..healthy
+        };
+        assert!(stuck.suspected_blackhole());
+        let idle = TcpInfo {
+            unacked: 0,
+            ..stuck
+        };
+        assert!(!idle.suspected_blackhole(), "nothing outstanding");
+        let closing = TcpInfo { state: 4, ..stuck };
+        assert!(!closing.suspected_blackhole(), "not established");
+    }
 
     #[test]
     fn layout_matches_kernel_offsets() {

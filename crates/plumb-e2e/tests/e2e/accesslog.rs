@@ -21,7 +21,7 @@ use crate::support::{config, echo, eventually, read_to_end, refusing_addr, Plumb
 const STEP: Duration = Duration::from_secs(5);
 
 /// The fields every line has, and nothing renamed.
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 16] = [
     "ts",
     "kind",
     "listener",
@@ -36,6 +36,8 @@ const FIELDS: [&str; 14] = [
     "end",
     "cause",
     "error",
+    "client_tcp",
+    "upstream_tcp",
 ];
 
 fn check_shape(line: &Value) {
@@ -47,6 +49,13 @@ fn check_shape(line: &Value) {
     }
     assert_eq!(obj.len(), FIELDS.len(), "unexpected fields in {line}");
     assert_eq!(line["kind"], "tcp");
+    // TCP_INFO of each leg at close, when the leg was connected.
+    for leg in ["client_tcp", "upstream_tcp"] {
+        if let Some(t) = line[leg].as_object() {
+            assert!(t["rtt_ms"].is_number() && t["total_retrans"].is_number(), "{leg} in {line}");
+            assert_eq!(t["suspected_blackhole"], false, "{line}");
+        }
+    }
     assert!(
         line["ts"].as_str().is_some_and(|t| t.ends_with('Z')),
         "ts {}",
