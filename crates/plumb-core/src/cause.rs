@@ -66,6 +66,8 @@ pub enum Cause {
     BadRequest,
     /// HTTP: no route matches the request and the listener has no default pool.
     NoRoute,
+    /// HTTP: the request head is larger than `max_header_bytes`.
+    RequestTooLarge,
     /// HTTP: the client went away before the response was complete.
     ClientClosedEarly,
     /// plumb is shutting down and the grace period ran out.
@@ -74,7 +76,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, for docs and exhaustive tests.
-    pub const ALL: [Cause; 28] = [
+    pub const ALL: [Cause; 29] = [
         Cause::UpstreamConnectRefused,
         Cause::UpstreamConnectTimeout,
         Cause::UpstreamUnreachable,
@@ -101,6 +103,7 @@ impl Cause {
         Cause::ClientTlsError,
         Cause::BadRequest,
         Cause::NoRoute,
+        Cause::RequestTooLarge,
         Cause::ClientClosedEarly,
         Cause::Shutdown,
     ];
@@ -139,9 +142,27 @@ impl Cause {
             Cause::ClientTlsError => "client_tls_error",
             Cause::BadRequest => "bad_request",
             Cause::NoRoute => "no_route",
+            Cause::RequestTooLarge => "request_too_large",
             Cause::ClientClosedEarly => "client_closed_early",
             Cause::Shutdown => "shutdown",
         }
+    }
+
+    /// Whether the cause lies with the client (its leg, or what it sent).
+    pub fn is_client_side(self) -> bool {
+        matches!(
+            self,
+            Cause::ClientReset
+                | Cause::ClientTcpTimeout
+                | Cause::ClientIdleTimeout
+                | Cause::ClientHeaderTimeout
+                | Cause::ClientUnreachable
+                | Cause::ClientIoError
+                | Cause::ClientTlsError
+                | Cause::ClientClosedEarly
+                | Cause::BadRequest
+                | Cause::RequestTooLarge
+        )
     }
 
     /// The HTTP status of an error response plumb makes for this cause.
@@ -158,6 +179,7 @@ impl Cause {
             | Cause::BackendMarkedDown
             | Cause::Shutdown => 503,
             Cause::NoRoute => 404,
+            Cause::RequestTooLarge => 431,
             Cause::BadRequest => 400,
             Cause::ClientHeaderTimeout | Cause::ClientIdleTimeout => 408,
             Cause::ClientReset

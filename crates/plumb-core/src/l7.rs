@@ -107,6 +107,9 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
             let client_io = io::ClientIo {
                 stream: Arc::clone(&stream),
                 watch: Arc::clone(&watch),
+                ctx: Arc::clone(&ctx),
+                peer,
+                rewritten: None,
             };
             run_connection(&ctx, client_io, peer, Some(&stream), watch, "http", orders).await;
         }
@@ -219,17 +222,37 @@ async fn run_connection<I>(
 /// A request head did not arrive in time: answer 408 with the cause ourselves (hyper
 /// has written nothing for this request yet), log it, and close.
 fn header_timeout(ctx: &Arc<ListenerCtx>, stream: &TcpStream, peer: SocketAddr) {
+    let detail = format!(
+        "no complete request head within {}ms",
+        ctx.settings.header_read.as_millis()
+    );
+    let bytes = raw_error(ctx, peer, Cause::ClientHeaderTimeout, detail);
+    let _ = stream.try_write(&bytes);
+    crate::sockopt::send_fin(stream);
+}
+
+/// A complete HTTP/1.1 error response, made before any request reached the service
+/// (a head too slow, malformed, or too large), with `plumb-error`, a request id and a
+/// body naming the cause, and its access-log line; the connection closes after it.
+pub(crate) fn raw_error(
+    ctx: &Arc<ListenerCtx>,
+    peer: SocketAddr,
+    cause: Cause,
+    detail: String,
+) -> Vec<u8> {
+    let status = StatusCode::from_u16(cause.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let reason = status.canonical_reason().unwrap_or("");
     let request_id = format!("{:032x}", fastrand::u128(..));
-    let cause = Cause::ClientHeaderTimeout;
-    let body = format!("408 Request Timeout: {cause}\nrequest id: {request_id}\n");
+    let body = format!(
+        "{} {reason}: {cause}\nrequest id: {request_id}\n",
+        status.as_u16()
+    );
     let head = format!(
-        "HTTP/1.1 408 Request Timeout\r\nplumb-error: {cause}\r\n{}: {request_id}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nplumb-error: {cause}\r\n{}: {request_id}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        status.as_u16(),
         ctx.settings.request_id_header,
         body.len()
     );
-    let _ = stream.try_write(format!("{head}{body}").as_bytes());
-    crate::sockopt::send_fin(stream);
-    let t0 = Instant::now();
     let exchange = Exchange::new(
         Arc::clone(ctx),
         State {
@@ -237,22 +260,17 @@ fn header_timeout(ctx: &Arc<ListenerCtx>, stream: &TcpStream, peer: SocketAddr) 
             request_id,
             method: "-".to_string(),
             version: "HTTP/1.1",
-            status: 408,
+            status: status.as_u16(),
             bytes_out: body.len() as u64,
-            started: Some(t0),
-            header_read: Some(ctx.settings.header_read),
+            started: Some(Instant::now()),
+            header_read: (cause == Cause::ClientHeaderTimeout).then_some(ctx.settings.header_read),
             ..State::default()
         },
         Box::new(|| {}),
     );
-    exchange.fail(
-        cause,
-        format!(
-            "no complete request head within {}ms",
-            ctx.settings.header_read.as_millis()
-        ),
-    );
+    exchange.fail(cause, detail);
     exchange.finish();
+    format!("{head}{body}").into_bytes()
 }
 
 async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<RespBody> {
@@ -440,6 +458,37 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
                     break;
                 }
                 Sent::Failed(cause, text) => {
+                    // The client's own body failed (it stalled or went away
+                    // mid-upload): the backend is not to blame, and the answer names
+                    // the client's cause, as the log does.
+                    if let Some(client_cause) =
+                        exchange.with(|s| s.cause).filter(|c| c.is_client_side())
+                    {
+                        return error_response(&ctx, &exchange, client_cause, text);
+                    }
+                    let stale = reused
+                        && !fresh_retry_done
+                        && idempotent
+                        && bodyless
+                        && matches!(
+                            cause,
+                            Cause::UpstreamResetBeforeResponse | Cause::UpstreamClosedEarly
+                        );
+                    if stale {
+                        // The stale keep-alive race, lost a moment later: the backend
+                        // closed this idle connection as the request went out. An
+                        // idempotent request without a body is sent again on a fresh
+                        // connection to the same backend; not a backend failure.
+                        tracing::debug!(backend.addr = %addr, cause = %cause, error = %text, "kept-alive connection closed under the request; retrying on a fresh one");
+                        fresh_retry_done = true;
+                        while pool
+                            .http_idle
+                            .take(addr, settings.upstream.idle_timeout)
+                            .is_some()
+                        {}
+                        req = build(empty());
+                        continue;
+                    }
                     if cause != Cause::UpstreamResponseTimeout {
                         pool.report_failure(guard.backend(), cause);
                     }

@@ -51,6 +51,20 @@ pub(crate) struct State {
     pub(crate) upgraded: bool,
 }
 
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // hyper drops a request's future when the client goes away before the
+        // response head: the request still gets its log line and its count.
+        if !self.done.load(Ordering::Acquire) {
+            self.fail(
+                Cause::ClientClosedEarly,
+                "the client closed before the response",
+            );
+            self.finish();
+        }
+    }
+}
+
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchange")
@@ -270,7 +284,7 @@ where
             Poll::Ready(Some(Err(e))) => {
                 let e: BoxError = e.into();
                 let cause = match this.direction {
-                    Direction::Request => Cause::ClientReset,
+                    Direction::Request => client_body_cause(e.as_ref()),
                     Direction::Response => match e.downcast_ref::<hyper::Error>() {
                         Some(h) => match super::client::cause_of(h) {
                             Cause::UpstreamResetBeforeResponse => Cause::UpstreamReset,
@@ -334,6 +348,28 @@ impl<B: Body> Drop for Tracked<B> {
             self.exchange.finish();
         }
     }
+}
+
+/// Why a client's request body failed: it reset (RST), closed early (FIN before the
+/// announced length), or something else on its leg.
+fn client_body_cause(e: &(dyn std::error::Error + 'static)) -> Cause {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                // FIN before the announced length: it closed, it did not reset.
+                return Cause::ClientClosedEarly;
+            }
+            return Cause::of_io_error(io, crate::cause::Side::Client);
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return Cause::ClientClosedEarly;
+            }
+        }
+        cur = err.source();
+    }
+    Cause::ClientIoError
 }
 
 /// A response body that is empty by nature (HEAD, 204, 304): hyper may never poll it,

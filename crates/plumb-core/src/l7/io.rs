@@ -82,6 +82,56 @@ impl HeadWatch {
 pub(crate) struct ClientIo {
     pub(crate) stream: Arc<TcpStream>,
     pub(crate) watch: Arc<HeadWatch>,
+    pub(crate) ctx: Arc<crate::listener::ListenerCtx>,
+    pub(crate) peer: std::net::SocketAddr,
+    /// plumb's own error response being written in place of hyper's, and how much
+    /// of it is out.
+    pub(crate) rewritten: Option<(Vec<u8>, usize)>,
+}
+
+impl ClientIo {
+    /// hyper answers a request head it cannot parse (400) or that is too large (431)
+    /// on its own, before any request reaches plumb, with a bare response. Such a
+    /// write, while no request is in flight, is replaced by plumb's error response
+    /// naming the cause, so that every error a client gets from plumb says why.
+    fn replacement(&self, data: &[u8]) -> Option<Vec<u8>> {
+        if !self.watch.waiting.load(Ordering::Acquire) {
+            return None;
+        }
+        let cause = if data.starts_with(b"HTTP/1.1 400 ") || data.starts_with(b"HTTP/1.0 400 ") {
+            crate::cause::Cause::BadRequest
+        } else if data.starts_with(b"HTTP/1.1 431 ") || data.starts_with(b"HTTP/1.0 431 ") {
+            crate::cause::Cause::RequestTooLarge
+        } else {
+            return None;
+        };
+        let detail = match cause {
+            crate::cause::Cause::RequestTooLarge => format!(
+                "the request head is larger than max_header_bytes ({} bytes)",
+                self.ctx.settings.max_header_bytes
+            ),
+            _ => "the request could not be parsed as HTTP".to_string(),
+        };
+        Some(super::raw_error(&self.ctx, self.peer, cause, detail))
+    }
+
+    /// Writes the replacement; `Ready` once all of it is out.
+    fn poll_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let Some((bytes, done)) = &mut self.rewritten else {
+                return Poll::Ready(Ok(()));
+            };
+            if *done >= bytes.len() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(&bytes[*done..]) {
+                Ok(n) => *done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
 impl AsyncRead for ClientIo {
@@ -110,10 +160,20 @@ impl AsyncRead for ClientIo {
 
 impl AsyncWrite for ClientIo {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.rewritten.is_none() {
+            if let Some(bytes) = self.replacement(data) {
+                self.rewritten = Some((bytes, 0));
+            }
+        }
+        if self.rewritten.is_some() {
+            // hyper's bytes are swallowed; plumb's go out instead.
+            ready!(self.poll_rewritten(cx))?;
+            return Poll::Ready(Ok(data.len()));
+        }
         loop {
             ready!(self.stream.poll_write_ready(cx))?;
             match self.stream.try_write(data) {
@@ -125,10 +185,24 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.rewritten.is_none() {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            if let Some(bytes) = self.replacement(first) {
+                self.rewritten = Some((bytes, 0));
+            }
+        }
+        if self.rewritten.is_some() {
+            ready!(self.poll_rewritten(cx))?;
+            return Poll::Ready(Ok(total));
+        }
         loop {
             ready!(self.stream.poll_write_ready(cx))?;
             match self.stream.try_write_vectored(bufs) {

@@ -52,7 +52,10 @@ fn check_shape(line: &Value) {
     // TCP_INFO of each leg at close, when the leg was connected.
     for leg in ["client_tcp", "upstream_tcp"] {
         if let Some(t) = line[leg].as_object() {
-            assert!(t["rtt_ms"].is_number() && t["total_retrans"].is_number(), "{leg} in {line}");
+            assert!(
+                t["rtt_ms"].is_number() && t["total_retrans"].is_number(),
+                "{leg} in {line}"
+            );
             assert_eq!(t["suspected_blackhole"], false, "{line}");
         }
     }
