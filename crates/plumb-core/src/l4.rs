@@ -260,7 +260,7 @@ async fn connect_with_retries(
             }
             // The client gave up meanwhile: stop here rather than open a backend
             // connection nobody will use. Nothing is read from the client.
-            e = client_error(client) => {
+            e = tunnel::socket_error(client) => {
                 conn.set_backend(None);
                 record.end = End::Failed(Cause::of_io_error(&e, Side::Client));
                 record.error = Some(e.to_string());
@@ -303,17 +303,6 @@ async fn wait_order(orders: &mut watch::Receiver<Option<CloseOrder>>) -> CloseOr
             // The sender lives in the table entry the task holds: unreachable.
             return std::future::pending().await;
         }
-    }
-}
-
-/// Resolves once the client's socket has an error (it reset), reading nothing.
-async fn client_error(client: &TcpStream) -> std::io::Error {
-    match client.ready(tokio::io::Interest::ERROR).await {
-        Ok(_) => match plumb_sys::take_error(client) {
-            Ok(Some(e)) => e,
-            _ => std::io::ErrorKind::ConnectionReset.into(),
-        },
-        Err(e) => e,
     }
 }
 

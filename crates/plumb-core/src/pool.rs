@@ -205,29 +205,24 @@ impl Pool {
         let mut new_rest = cfg.clone();
         old_rest.backends.clear();
         new_rest.backends.clear();
-        if old_rest != new_rest {
-            changes.settings = true;
+        changes.settings = old_rest != new_rest;
+        if changes.settings || old.backends != cfg.backends {
             *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Generation {
                 settings: Arc::new(cfg.clone()),
                 balancer: Balancer::new(cfg.balance),
             });
-            if old.health != cfg.health || old.upstream != cfg.upstream {
-                // Restart background tasks under the new settings.
-                let fresh = self.stop.child_token();
-                let stale = std::mem::replace(
-                    &mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()),
-                    fresh,
-                );
-                stale.cancel();
-                for b in self.backends().iter() {
-                    self.start_checks(b);
-                }
+        }
+        if old.health != cfg.health || old.upstream != cfg.upstream {
+            // Restart background tasks under the new settings.
+            let fresh = self.stop.child_token();
+            let stale = std::mem::replace(
+                &mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()),
+                fresh,
+            );
+            stale.cancel();
+            for b in self.backends().iter() {
+                self.start_checks(b);
             }
-        } else if old.backends != cfg.backends {
-            *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Generation {
-                settings: Arc::new(cfg.clone()),
-                balancer: Balancer::new(cfg.balance),
-            });
         }
         let current = self.backends();
         for spec in &cfg.backends {

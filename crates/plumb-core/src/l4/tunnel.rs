@@ -205,9 +205,9 @@ async fn pump(
 }
 
 /// Resolves with the socket's error once it has one (an RST arrived, or the kernel
-/// gave up on the peer). tokio wakes `ERROR` waiters only when the error bit is set,
+/// gave up on the peer), reading nothing. tokio wakes `ERROR` waiters only when the error bit is set,
 /// and nothing clears it, so this does not spin.
-async fn socket_error(s: &TcpStream) -> io::Error {
+pub(crate) async fn socket_error(s: &TcpStream) -> io::Error {
     match s.ready(Interest::ERROR).await {
         Ok(_) => match plumb_sys::take_error(s) {
             Ok(Some(e)) => e,
