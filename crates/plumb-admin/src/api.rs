@@ -23,6 +23,31 @@ pub(crate) fn route(
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match segs.as_slice() {
         ["healthz"] => only(method, &[Method::GET], || text(StatusCode::OK, "ok\n")),
+        [] | [""] => only(method, &[Method::GET], || {
+            respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                DASHBOARD.as_bytes().to_vec(),
+            )
+        }),
+        ["api", "v1", "errors"] => only(method, &[Method::GET], || {
+            let errors: Vec<ErrorView> = admin
+                .server
+                .recent_errors()
+                .into_iter()
+                .map(|e| ErrorView {
+                    at: humantime::format_rfc3339_seconds(e.at).to_string(),
+                    listener: e.listener,
+                    cause: e.cause.as_str(),
+                    backend: e.backend.map(|b| b.to_string()),
+                    client: e.client.to_string(),
+                    request_id: e.request_id,
+                    request: e.request,
+                    status: e.status,
+                })
+                .collect();
+            json(StatusCode::OK, &errors)
+        }),
         ["api", "v1", "status"] => only(method, &[Method::GET], || status(admin)),
         ["api", "v1", "pools"] => only(method, &[Method::GET], || {
             let pools: Vec<PoolView> = admin.server.pools().iter().map(|p| pool_view(p)).collect();
@@ -59,6 +84,9 @@ pub(crate) fn route(
         ),
     }
 }
+
+/// The dashboard: one self-contained page (no external assets), polling the API.
+const DASHBOARD: &str = include_str!("assets/dashboard.html");
 
 fn status(admin: &Admin) -> Response<Full<Bytes>> {
     let server = &admin.server;

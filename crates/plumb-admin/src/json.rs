@@ -108,6 +108,18 @@ impl From<plumb_sys::TcpInfo> for TcpInfoView {
 }
 
 #[derive(Serialize)]
+pub(crate) struct ErrorView {
+    pub at: String,
+    pub listener: String,
+    pub cause: &'static str,
+    pub backend: Option<String>,
+    pub client: String,
+    pub request_id: Option<String>,
+    pub request: Option<String>,
+    pub status: Option<u16>,
+}
+
+#[derive(Serialize)]
 pub(crate) struct ErrorBody<'a> {
     pub error: &'a str,
     pub detail: &'a str,

@@ -112,8 +112,11 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Futu
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // The dashboard page itself holds no data (it asks for a token and sends it with
+    // every API call), so it is served without one; everything else needs it.
+    let is_page = req.method() == hyper::Method::GET && req.uri().path() == "/";
     if let Some(token) = &admin.token {
-        if !authorized(&req, token) {
+        if !is_page && !authorized(&req, token) {
             return api::error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

@@ -320,6 +320,18 @@ fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, st
         None => tracing::debug!(end = f.end.as_str(), "connection closed"),
     }
     ctx.stats.ended(f.end);
+    if let Some(cause) = f.end.cause() {
+        ctx.shared.recent.push(crate::recent::RecentError {
+            at: std::time::SystemTime::now(),
+            listener: ctx.name.to_string(),
+            cause,
+            backend: f.backend,
+            client: f.client_addr,
+            request_id: None,
+            request: None,
+            status: None,
+        });
+    }
     let (client_tcp, upstream_tcp) = f.tcp.unwrap_or((None, None));
     for (leg, info) in [("client", client_tcp), ("upstream", upstream_tcp)] {
         if info.is_some_and(|i| i.suspected_blackhole()) {

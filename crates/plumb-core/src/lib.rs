@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod recent;
 pub mod server;
 mod sockopt;
 pub mod tls;

@@ -32,6 +32,7 @@ pub(crate) struct Shared {
     /// close (GOAWAY, `Connection: close`).
     pub(crate) draining: CancellationToken,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) recent: crate::recent::RecentErrors,
 }
 
 /// A configured load balancer, ready to run.
@@ -113,6 +114,7 @@ impl Server {
                 tasks: TaskTracker::new(),
                 draining: CancellationToken::new(),
                 metrics,
+                recent: crate::recent::RecentErrors::default(),
             }),
             pools: RwLock::new(pools),
             stats: RwLock::new(stats),
@@ -218,6 +220,11 @@ impl Server {
         m.access_log_dropped
             .inc_by(dropped.saturating_sub(m.access_log_dropped.get()));
         m.encode()
+    }
+
+    /// The last failures, newest first.
+    pub fn recent_errors(&self) -> Vec<crate::recent::RecentError> {
+        self.shared.recent.snapshot()
     }
 
     /// A listener's counters by name.

@@ -138,6 +138,18 @@ impl Exchange {
                 .observe(fb.as_secs_f64());
         }
         if let Some(cause) = s.cause {
+            self.ctx.shared.recent.push(crate::recent::RecentError {
+                at: std::time::SystemTime::now(),
+                listener: self.ctx.name.to_string(),
+                cause,
+                backend: s.backend,
+                client: s
+                    .client
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                request_id: Some(s.request_id.clone()),
+                request: Some(format!("{} {}", s.method, s.path)),
+                status: Some(s.status),
+            });
             tracing::info!(
                 listener = %self.ctx.name,
                 request_id = %s.request_id,

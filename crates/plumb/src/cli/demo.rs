@@ -51,6 +51,8 @@ pub fn run(
             println!("  {:<9} http://{}/", o.name(), o.addr());
         }
         println!("  admin     http://{admin_addr}/api/v1/pools");
+        println!("  dashboard http://{admin_addr}/");
+        println!("  metrics   http://{admin_addr}/metrics");
         println!();
         println!("Try:  for i in 1 2 3 4 5 6; do curl -s http://{proxy}/; done");
         println!("      curl -X POST http://{admin_addr}/api/v1/pools/origins/backends/{}/drain", origins[0].addr());
