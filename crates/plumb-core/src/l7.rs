@@ -167,51 +167,73 @@ async fn run_connection<I>(
         .http1()
         .timer(TokioTimer::new())
         // plumb's own head timer (below) answers 408 first; hyper's is the backstop.
-        .header_read_timeout(ctx.settings.header_read + std::time::Duration::from_secs(1))
+        // Plain listeners: plumb's own head timer (below) answers 408. hyper's starts
+        // as soon as a kept-alive connection goes idle, so it must not be shorter than
+        // keepalive_idle; it remains the backstop for TLS listeners.
+        .header_read_timeout(
+            ctx.settings.header_read.max(ctx.settings.keepalive_idle)
+                + std::time::Duration::from_secs(1),
+        )
         .max_buf_size(ctx.settings.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(ctx.settings.max_header_bytes).unwrap_or(u32::MAX));
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
-    tokio::pin!(served);
-    let mut closing = false;
-    let draining = ctx.shared.draining.clone();
-    loop {
-        let idle_at = conn
-            .idle_deadline()
-            .unwrap_or_else(|| Instant::now() + ctx.settings.keepalive_idle);
-        let head_at = watch.head_started().map(|t| t + ctx.settings.header_read);
-        tokio::select! {
-            () = watch.started_now.notified(), if head_at.is_none() => {}
-            () = tokio::time::sleep_until(head_at.unwrap_or(idle_at)), if head_at.is_some() => {
-                if watch.head_started().is_some_and(|t| t.elapsed() >= ctx.settings.header_read) {
-                    if let Some(stream) = plain {
-                        header_timeout(ctx, stream, peer);
+    let mut forced = false;
+    {
+        let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
+        tokio::pin!(served);
+        let mut closing = false;
+        let draining = ctx.shared.draining.clone();
+        loop {
+            let idle_at = conn
+                .idle_deadline()
+                .unwrap_or_else(|| Instant::now() + ctx.settings.keepalive_idle);
+            let head_at = watch.head_started().map(|t| t + ctx.settings.header_read);
+            tokio::select! {
+                () = watch.started_now.notified(), if head_at.is_none() => {}
+                () = tokio::time::sleep_until(head_at.unwrap_or(idle_at)), if head_at.is_some() => {
+                    if watch.head_started().is_some_and(|t| t.elapsed() >= ctx.settings.header_read) {
+                        if let Some(stream) = plain {
+                            header_timeout(ctx, stream, peer);
+                            break;
+                        }
+                    }
+                }
+                r = served.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(listener = %ctx.name, client.addr = %peer, error = %e, "client connection ended with an error");
+                    }
+                    break;
+                }
+                () = tokio::time::sleep_until(idle_at), if !closing => {
+                    if conn.idle_deadline().is_some_and(|d| Instant::now() >= d) {
+                        served.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                () = draining.cancelled(), if !closing => {
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Ok(()) = orders.changed() => {
+                    if orders.borrow_and_update().is_some() {
+                        // Forced close (shutdown grace over): drop the connection.
+                        forced = true;
                         break;
                     }
                 }
             }
-            r = served.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(listener = %ctx.name, client.addr = %peer, error = %e, "client connection ended with an error");
-                }
-                break;
-            }
-            () = tokio::time::sleep_until(idle_at), if !closing => {
-                if conn.idle_deadline().is_some_and(|d| Instant::now() >= d) {
-                    served.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-            () = draining.cancelled(), if !closing => {
-                served.as_mut().graceful_shutdown();
-                closing = true;
-            }
+        }
+    }
+    // Upgraded tunnels outlive hyper's connection: the client connection (its slot
+    // under max_connections, its place in the table) lasts until they end.
+    while !forced && conn.in_flight.load(Ordering::Acquire) > 0 {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             Ok(()) = orders.changed() => {
                 if orders.borrow_and_update().is_some() {
-                    // Forced close (shutdown grace over): drop the connection.
                     break;
                 }
             }
@@ -317,6 +339,24 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
         Box::new(move || done_conn.request_done()),
     );
 
+    // One host per request: routing and the backend must see the same one. Two Host
+    // headers, or a Host that disagrees with the request target's authority
+    // (absolute-form, or HTTP/2's :authority), is refused rather than guessed at.
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    let ambiguous = hosts.len() > 1
+        || match (req.uri().authority(), hosts.first()) {
+            (Some(a), Some(h)) => !h.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(a.as_str())),
+            _ => false,
+        };
+    if ambiguous {
+        return error_response(
+            &ctx,
+            &exchange,
+            Cause::BadRequest,
+            "the request names more than one host (Host headers or Host against the request target)".into(),
+        );
+    }
+
     let Some(pool) = route::first_match(&ctx.routes, &host, &path)
         .cloned()
         .or_else(|| ctx.pool.clone())
@@ -341,10 +381,9 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         head.insert(rid_header(&ctx), v);
     }
-    if !head.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host_raw) {
-            head.insert(header::HOST, v);
-        }
+    // The backend sees the host the request was routed by.
+    if let Ok(v) = HeaderValue::from_str(&host_raw) {
+        head.insert(header::HOST, v);
     }
     let uri: Uri = parts
         .uri
@@ -356,6 +395,9 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     let bodyless = body.is_end_stream();
+    if bodyless {
+        exchange.mark_request_sent();
+    }
     let settings = pool.settings();
     let mut body_slot: Option<UpBody> = Some(
         Tracked::new(
@@ -415,7 +457,7 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
                     }
                 },
             };
-            match client::send(&mut tx, req, settings.timeouts.response_header).await {
+            match client::send(&mut tx, req, settings.timeouts.response_header, &exchange).await {
                 Sent::Answered(resp) => {
                     pool.report_success(guard.backend());
                     exchange.with(|s| {
@@ -564,7 +606,7 @@ fn respond(
                 parts.headers.insert(rid_header(ctx), v);
             }
             exchange.with(|s| s.upgraded = true);
-            tokio::spawn(upgrade::tunnel(
+            ctx.shared.tasks.spawn(upgrade::tunnel(
                 Arc::clone(ctx),
                 Arc::clone(pool),
                 Arc::clone(exchange),

@@ -25,6 +25,11 @@ pub(crate) struct Exchange {
     done: AtomicBool,
     /// Decrements the connection's in-flight count when the exchange ends.
     on_done: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// When the whole request (body included) had been handed upstream: the
+    /// response-head timer starts there, not while a client is still uploading.
+    request_sent: Mutex<Option<Instant>>,
+    /// Wakes a sender waiting for `request_sent`.
+    request_sent_now: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -84,7 +89,30 @@ impl Exchange {
             state: Mutex::new(state),
             done: AtomicBool::new(false),
             on_done: Mutex::new(Some(on_done)),
+            request_sent: Mutex::new(None),
+            request_sent_now: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The request (body included) has gone upstream.
+    pub(crate) fn mark_request_sent(&self) {
+        let mut sent = self.request_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.is_none() {
+            *sent = Some(Instant::now());
+            self.request_sent_now.notify_one();
+        }
+    }
+
+    /// When the request had gone upstream, if it has.
+    pub(crate) fn request_sent_at(&self) -> Option<Instant> {
+        *self.request_sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves when the request has gone upstream (at once if it has).
+    pub(crate) async fn request_sent(&self) {
+        while self.request_sent_at().is_none() {
+            self.request_sent_now.notified().await;
+        }
     }
 
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -255,8 +283,9 @@ impl<B: Body> Tracked<B> {
         if let Some(f) = self.on_end.take() {
             f();
         }
-        if self.direction == Direction::Response {
-            self.exchange.finish();
+        match self.direction {
+            Direction::Response => self.exchange.finish(),
+            Direction::Request => self.exchange.mark_request_sent(),
         }
     }
 }

@@ -137,6 +137,7 @@ pub(crate) async fn send(
     tx: &mut http1::SendRequest<UpBody>,
     req: Request<UpBody>,
     response_header: Duration,
+    exchange: &super::body::Exchange,
 ) -> Sent {
     if tx.ready().await.is_err() {
         return Sent::Returned(
@@ -145,8 +146,22 @@ pub(crate) async fn send(
             "connection closed before the request".to_string(),
         );
     }
-    match tokio::time::timeout(response_header, tx.try_send_request(req)).await {
-        Err(_) => Sent::Failed(
+    // The response-head timer starts once the whole request has gone upstream: a
+    // client still uploading is bounded by the body idle timer, and a slow upload is
+    // not the backend's fault.
+    let exchange_sent = async {
+        exchange.request_sent().await;
+        let since = exchange
+            .request_sent_at()
+            .unwrap_or_else(tokio::time::Instant::now);
+        tokio::time::sleep_until(since + response_header).await;
+    };
+    let result = tokio::select! {
+        r = tx.try_send_request(req) => Ok(r),
+        () = exchange_sent => Err(()),
+    };
+    match result {
+        Err(()) => Sent::Failed(
             Cause::UpstreamResponseTimeout,
             format!("no response head within {}ms", response_header.as_millis()),
         ),

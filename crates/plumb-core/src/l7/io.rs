@@ -95,7 +95,19 @@ impl ClientIo {
     /// write, while no request is in flight, is replaced by plumb's error response
     /// naming the cause, so that every error a client gets from plumb says why.
     fn replacement(&self, data: &[u8]) -> Option<Vec<u8>> {
-        if !self.watch.waiting.load(Ordering::Acquire) {
+        // Only while a request head is being read and none has reached plumb, and
+        // only a response without plumb's request-id header: every response plumb
+        // forwards or makes carries it, hyper's own never does. A backend's 400 is
+        // never touched.
+        if !self.watch.waiting.load(Ordering::Acquire) || self.watch.head_started().is_none() {
+            return None;
+        }
+        let head_end = data
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(data.len());
+        let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+        if head.contains(&format!("\r\n{}:", self.ctx.settings.request_id_header)) {
             return None;
         }
         let cause = if data.starts_with(b"HTTP/1.1 400 ") || data.starts_with(b"HTTP/1.0 400 ") {
@@ -170,8 +182,17 @@ impl AsyncWrite for ClientIo {
             }
         }
         if self.rewritten.is_some() {
-            // hyper's bytes are swallowed; plumb's go out instead.
+            // hyper's response is replaced by plumb's; then the connection ends
+            // (hyper closes after such an error anyway), never silently eating bytes.
+            if self
+                .rewritten
+                .as_ref()
+                .is_some_and(|(b, done)| *done >= b.len())
+            {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
             ready!(self.poll_rewritten(cx))?;
+            let _ = plumb_sys::shutdown_write(&*self.stream);
             return Poll::Ready(Ok(data.len()));
         }
         loop {
@@ -200,7 +221,16 @@ impl AsyncWrite for ClientIo {
             }
         }
         if self.rewritten.is_some() {
+            if self
+                .rewritten
+                .as_ref()
+                .is_some_and(|(b, done)| *done >= b.len())
+                && total > 0
+            {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
             ready!(self.poll_rewritten(cx))?;
+            let _ = plumb_sys::shutdown_write(&*self.stream);
             return Poll::Ready(Ok(total));
         }
         loop {

@@ -19,6 +19,7 @@ mod http_basics;
 mod http_errors;
 mod http_input;
 mod http_retry;
+mod http_review;
 mod http_timeouts;
 mod http_upgrade;
 mod ipv6;

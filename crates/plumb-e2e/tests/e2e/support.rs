@@ -107,6 +107,17 @@ impl Plumb {
 
     /// Triggers shutdown and waits for `run` to return (bounded).
     pub async fn stop(mut self) {
+        self.stop_now().await;
+    }
+
+    /// Stops plumb and returns the whole access log.
+    pub async fn stop_and_keep_log(mut self) -> Vec<Value> {
+        self.stop_now().await;
+        self.server.flush_access_log(Duration::from_secs(2)).await;
+        self.log()
+    }
+
+    async fn stop_now(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
