@@ -448,3 +448,30 @@ backends = ["127.0.0.1:9001"]
         &["listener[0].pool: missing: an http listener needs a default pool, routes, or both"],
     );
 }
+
+#[test]
+fn tcp_only_settings_are_refused_behind_http_listeners() {
+    let text = r#"
+[[listener]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:8080"
+pool = "app"
+accept_proxy = true
+
+[[pool]]
+name = "app"
+backends = ["127.0.0.1:9001"]
+send_proxy = "v2"
+[pool.upstream]
+preconnect = 2
+"#;
+    check(
+        text,
+        &[
+            "listener[0].accept_proxy: not supported on http listeners yet (only tcp listeners read a PROXY header)",
+            r#"pool[0].send_proxy: not supported for pools behind http listener "web" yet (only the tcp proxy sends a PROXY header)"#,
+            r#"pool[0].upstream.preconnect: not supported for pools behind http listener "web" (HTTP keeps its own kept-alive connections)"#,
+        ],
+    );
+}

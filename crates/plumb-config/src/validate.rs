@@ -230,6 +230,42 @@ impl Validator {
         self.unique_names("pool", pools.iter().map(|p| p.name.as_str()));
         self.unique_names("listener", listeners.iter().map(|l| l.name.as_str()));
         let mut bound = HashSet::new();
+        // Settings that only the TCP proxy applies must not be set where HTTP would
+        // silently ignore them.
+        for (i, l) in listeners.iter().enumerate() {
+            if l.protocol != Protocol::Http {
+                continue;
+            }
+            if l.accept_proxy {
+                self.err(
+                    &format!("listener[{i}].accept_proxy"),
+                    "not supported on http listeners yet (only tcp listeners read a PROXY header)",
+                );
+            }
+            let used: Vec<&str> = l
+                .pool
+                .iter()
+                .map(String::as_str)
+                .chain(l.routes.iter().map(|r| r.pool.as_str()))
+                .collect();
+            for (j, p) in pools.iter().enumerate() {
+                if !used.contains(&p.name.as_str()) {
+                    continue;
+                }
+                if p.send_proxy.is_some() {
+                    self.err(
+                        &format!("pool[{j}].send_proxy"),
+                        format!("not supported for pools behind http listener {:?} yet (only the tcp proxy sends a PROXY header)", l.name),
+                    );
+                }
+                if p.upstream.preconnect > 0 {
+                    self.err(
+                        &format!("pool[{j}].upstream.preconnect"),
+                        format!("not supported for pools behind http listener {:?} (HTTP keeps its own kept-alive connections)", l.name),
+                    );
+                }
+            }
+        }
         for (i, l) in listeners.iter().enumerate() {
             if let Some(pool) = &l.pool {
                 if !pool.is_empty() && !pools.iter().any(|p| &p.name == pool) {

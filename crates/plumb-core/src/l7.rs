@@ -357,6 +357,17 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
         );
     }
 
+    // Routes match the path as sent; a path with dot-segments could match one route
+    // and mean another once the backend resolves it (`/public/../admin`).
+    if route::has_dot_segments(&path) {
+        return error_response(
+            &ctx,
+            &exchange,
+            Cause::BadRequest,
+            "the path has dot-segments ('.' or '..')".into(),
+        );
+    }
+
     let Some(pool) = route::first_match(&ctx.routes, &host, &path)
         .cloned()
         .or_else(|| ctx.pool.clone())
@@ -380,6 +391,19 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
     headers::add_forwarded(&mut head, conn.peer, conn.proto, &host_raw);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         head.insert(rid_header(&ctx), v);
+    }
+    // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113
+    // §8.2.3).
+    if version == "HTTP/2.0" && head.get_all(header::COOKIE).iter().count() > 1 {
+        let joined = head
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            head.insert(header::COOKIE, v);
+        }
     }
     // The backend sees the host the request was routed by.
     if let Ok(v) = HeaderValue::from_str(&host_raw) {

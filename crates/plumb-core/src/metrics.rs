@@ -105,6 +105,19 @@ pub struct CheckLabels {
     pub result: String,
 }
 
+/// Every `result` label value of `plumb_health_checks_total`.
+pub(crate) const CHECK_RESULTS: &[&str] = &[
+    "ok",
+    "connect_refused",
+    "connect_timeout",
+    "status",
+    "response_timeout",
+    "closed",
+    "reset",
+    "invalid_response",
+    "error",
+];
+
 type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds() -> Histogram {
@@ -350,6 +363,32 @@ impl Metrics {
                 cause: cause.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// Removes a backend's series when it leaves its pool, so that backends coming
+    /// and going (registration, discovery) do not grow the exposition without bound.
+    pub(crate) fn forget_backend(&self, pool: &str, backend: std::net::SocketAddr) {
+        let (pool, backend) = (pool.to_string(), backend.to_string());
+        let labels = BackendLabels {
+            pool: pool.clone(),
+            backend: backend.clone(),
+        };
+        self.upstream_connect.remove(&labels);
+        self.backend_up.remove(&labels);
+        for cause in crate::Cause::ALL {
+            self.upstream_failures.remove(&BackendCauseLabels {
+                pool: pool.clone(),
+                backend: backend.clone(),
+                cause: cause.as_str().to_string(),
+            });
+        }
+        for result in CHECK_RESULTS {
+            self.health_checks.remove(&CheckLabels {
+                pool: pool.clone(),
+                backend: backend.clone(),
+                result: (*result).to_string(),
+            });
+        }
     }
 
     /// Records a connect time.

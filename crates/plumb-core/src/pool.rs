@@ -459,6 +459,7 @@ impl Pool {
         }
         *list = Arc::new(next);
         tracing::info!(pool = %self.name, backend.addr = %addr, "backend removed");
+        self.metrics.forget_backend(&self.name, addr);
     }
 
     /// Closes every open connection to `addr` now.

@@ -330,18 +330,24 @@ impl Server {
         // 1b. TLS: certificates of existing listeners are read again (a file that does
         // not load fails the reload before anything else changes); new ones loaded.
         let mut new_tls: HashMap<String, Arc<crate::tls::Tls>> = HashMap::new();
+        let mut renewed = Vec::new();
         for l in &new.listeners {
             if let Some(files) = &l.tls {
                 let existing = read(&self.tls).get(&l.name).cloned();
                 match existing {
                     Some(tls) => {
-                        tls.reload(files)?;
+                        let prepared = tls.prepare(files)?;
+                        renewed.push((tls, prepared));
                     }
                     None => {
                         new_tls.insert(l.name.clone(), crate::tls::Tls::load(&l.name, files)?);
                     }
                 }
             }
+        }
+        // Every certificate loaded: only now does any listener switch.
+        for (tls, prepared) in renewed {
+            tls.apply(prepared);
         }
         for (name, tls) in new_tls {
             tls.watch(self.stop.clone());

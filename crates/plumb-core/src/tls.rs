@@ -15,6 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use plumb_config::model;
 
+/// A certificate loaded and checked, not yet in use.
+#[derive(Debug)]
+pub struct Prepared {
+    key: Arc<CertifiedKey>,
+    files: model::Tls,
+}
+
 /// How often certificate files are checked for changes.
 const WATCH: Duration = Duration::from_secs(2);
 
@@ -92,25 +99,28 @@ impl Tls {
 
     /// Reads the files again (possibly new paths). A file that does not load leaves
     /// the current certificate in place and is reported.
-    pub fn reload(&self, files: &model::Tls) -> Result<bool, TlsError> {
-        let key = load_key(&self.resolver.listener, files)?;
-        *self
-            .resolver
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = key;
-        *self
-            .resolver
-            .files
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = files.clone();
-        *self
-            .resolver
-            .stamp
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = stamps(files);
-        tracing::info!(listener = %self.resolver.listener, cert = %files.cert.display(), "TLS certificate loaded");
-        Ok(true)
+    pub fn reload(&self, files: &model::Tls) -> Result<(), TlsError> {
+        let prepared = self.prepare(files)?;
+        self.apply(prepared);
+        Ok(())
+    }
+
+    /// Loads and checks a certificate without using it yet, so that a reload of
+    /// several listeners can fail before changing any.
+    pub fn prepare(&self, files: &model::Tls) -> Result<Prepared, TlsError> {
+        Ok(Prepared {
+            key: load_key(&self.resolver.listener, files)?,
+            files: files.clone(),
+        })
+    }
+
+    /// Starts serving a prepared certificate.
+    pub fn apply(&self, prepared: Prepared) {
+        let r = &self.resolver;
+        *r.current.write().unwrap_or_else(|p| p.into_inner()) = prepared.key;
+        *r.stamp.write().unwrap_or_else(|p| p.into_inner()) = stamps(&prepared.files);
+        tracing::info!(listener = %r.listener, cert = %prepared.files.cert.display(), "TLS certificate loaded");
+        *r.files.write().unwrap_or_else(|p| p.into_inner()) = prepared.files;
     }
 
     /// Watches the files and reloads when their modification time changes, until

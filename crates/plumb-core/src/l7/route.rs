@@ -17,6 +17,14 @@ pub(crate) fn normalize_host(raw: &str) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Whether a path has `.` or `..` segments, also percent-encoded (`%2e`).
+pub(crate) fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// Whether `route` matches a request for `host` (normalized) and `path`.
 pub(crate) fn matches(route: &Route, host: &str, path: &str) -> bool {
     let host_ok = match &route.host {
@@ -93,6 +101,16 @@ mod tests {
         assert!(matches(&slash, "h", "/api/x"));
         let root = route(None, Some("/"));
         assert!(matches(&root, "h", "/anything"));
+    }
+
+    #[test]
+    fn dot_segments() {
+        assert!(has_dot_segments("/public/../admin"));
+        assert!(has_dot_segments("/public/%2e%2E/admin"));
+        assert!(has_dot_segments("/a/./b"));
+        assert!(has_dot_segments("/a/.."));
+        assert!(!has_dot_segments("/a/..b/c.d"));
+        assert!(!has_dot_segments("/"));
     }
 
     #[test]

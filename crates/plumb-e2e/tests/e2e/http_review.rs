@@ -218,3 +218,16 @@ async fn keepalive_idle_longer_than_header_read_is_honoured() {
         t0.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_cannot_slip_past_a_route() {
+    let o = origin(|r| vec![Step::Write(crate::http_basics::ok(r.path.clone()))]).await;
+    let plumb = Plumb::start(&http_config(&[o.addr], "", "")).await;
+    for path in ["/public/../admin", "/public/%2e%2e/admin", "/./x"] {
+        let r = get(plumb.addr(), path, &[]).await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert_eq!(r.header("plumb-error"), Some("bad_request"), "{path}");
+    }
+    assert!(o.seen().is_empty(), "a dot-segment path reached the origin");
+    assert_eq!(get(plumb.addr(), "/a..b/c.d", &[]).await.status, 200);
+}
