@@ -131,15 +131,19 @@ fn check_accepts_a_valid_file() {
 
 #[test]
 fn check_accepts_the_shipped_example() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tcp.toml");
-    let out = plumb(&["check", "-c", example.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout {} stderr {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    for name in ["tcp.toml", "http.toml"] {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name);
+        let out = plumb(&["check", "-c", example.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: stdout {} stderr {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]
