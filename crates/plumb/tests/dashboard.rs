@@ -246,8 +246,8 @@ fn dashboard_renders_and_its_drain_button_drains() {
         Some(json!({ "url": format!("http://{admin}/") })),
     );
     d.wait_for(
-        "three backends",
-        "return document.querySelectorAll('#pools tbody tr').length === 3;",
+        "four backends (three origins and the broken pool)",
+        "return document.querySelectorAll('#pools tbody tr').length === 4;",
         Duration::from_secs(20),
     );
     d.wait_for(

@@ -26,8 +26,13 @@ pub fn run(
             origins.push(Origin::spawn(name, l)?);
         }
         let backends: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr())).collect();
+        // A loopback port with nothing on it, behind /broken: connects are refused, so
+        // the demo shows an error that plumb made and that names its cause.
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free loopback port")?;
         let toml = format!(
-            "[runtime]\nshutdown_grace = \"2s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"http\"\nprotocol = \"http\"\nlisten = \"{listen}\"\npool = \"origins\"\n\n[[listener]]\nname = \"tcp\"\nlisten = \"{tcp_listen}\"\npool = \"origins\"\n\n[[pool]]\nname = \"origins\"\nbalance = \"{balance}\"\nbackends = [{}]\n",
+            "[runtime]\nshutdown_grace = \"2s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"http\"\nprotocol = \"http\"\nlisten = \"{listen}\"\npool = \"origins\"\n[[listener.route]]\npath_prefix = \"/broken\"\npool = \"broken\"\n\n[[listener]]\nname = \"tcp\"\nlisten = \"{tcp_listen}\"\npool = \"origins\"\n\n[[pool]]\nname = \"origins\"\nbalance = \"{balance}\"\nbackends = [{}]\n\n[[pool]]\nname = \"broken\"\nbackends = [\"{refusing}\"]\n",
             backends.join(", ")
         );
         let config = match plumb_config::parse(&toml) {
@@ -56,7 +61,7 @@ pub fn run(
         println!();
         println!("Try:  for i in 1 2 3 4 5 6; do curl -s http://{proxy}/; done");
         println!("      curl -X POST http://{admin_addr}/api/v1/pools/origins/backends/{}/drain", origins[0].addr());
-        println!("      curl -si http://{proxy}/ -H 'Host: nowhere'   (an error made by plumb names its cause)");
+        println!("      curl -si http://{proxy}/broken   (nothing listens there: plumb's 502 names the cause)");
         println!("Each response names the origin that answered. The proxy listener is HTTP (one");
         println!("access-log line per request, on stderr); the tcp listener proxies bytes (one line");
         println!("per connection). Ctrl-C stops the demo.");
