@@ -91,6 +91,12 @@ impl HttpConn {
 /// Serves one client connection until it ends, its keep-alive idle time passes, or
 /// plumb shuts down (graceful: GOAWAY for HTTP/2, `Connection: close` for HTTP/1.1).
 pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAddr) {
+    let span =
+        tracing::debug_span!("conn", listener = %ctx.name, client.addr = %peer, protocol = "http");
+    tracing::Instrument::instrument(serve_in_span(ctx, stream, peer), span).await;
+}
+
+async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAddr) {
     let (reg, orders) =
         ctx.shared
             .conns
@@ -112,6 +118,20 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
                 rewritten: None,
             };
             run_connection(&ctx, client_io, peer, Some(&stream), watch, "http", orders).await;
+            // The client leg's TCP_INFO at close: the black-hole signature on a
+            // response plumb could not get acknowledged.
+            if plumb_sys::tcp_info(&*stream).is_ok_and(|i| i.suspected_blackhole()) {
+                tracing::warn!(leg = "client", "suspected_blackhole: data outstanding and retransmitted with no acknowledgement at close");
+                ctx.shared
+                    .metrics
+                    .suspected_blackhole
+                    .get_or_create(&crate::metrics::LegLabels {
+                        listener: ctx.name.to_string(),
+                        pool: ctx.pool_name().to_string(),
+                        leg: "client".to_string(),
+                    })
+                    .inc();
+            }
         }
         Some(tls) => {
             // The handshake is part of what a client must send in time.
@@ -295,7 +315,18 @@ pub(crate) fn raw_error(
     format!("{head}{body}").into_bytes()
 }
 
-async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<RespBody> {
+async fn handle(conn: Arc<HttpConn>, req: Request<Incoming>) -> Response<RespBody> {
+    let span = tracing::debug_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        pool = tracing::field::Empty,
+        backend.addr = tracing::field::Empty,
+    );
+    tracing::Instrument::instrument(handle_in_span(conn, req), span).await
+}
+
+async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<RespBody> {
     let t0 = Instant::now();
     let header_read = conn.request_started();
     let ctx = Arc::clone(&conn.ctx);
@@ -380,6 +411,7 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
         );
     };
     exchange.with(|s| s.pool = Some(Arc::clone(pool.name())));
+    tracing::Span::current().record("pool", tracing::field::display(pool.name()));
     pool.note_request();
 
     // The request as it goes upstream: origin-form, HTTP/1.1, hop-by-hop gone.
@@ -454,6 +486,7 @@ async fn handle(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<Res
             }
         };
         let addr = guard.backend().addr();
+        tracing::Span::current().record("backend.addr", tracing::field::display(addr));
         tried.push(addr);
         let Some(body) = body_slot.take().or_else(|| bodyless.then(empty)) else {
             break; // The body is gone with an earlier attempt: nothing left to send.
