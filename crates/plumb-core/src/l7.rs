@@ -514,7 +514,16 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                     }
                 },
             };
-            match client::send(&mut tx, req, settings.timeouts.response_header, &exchange).await {
+            // A drain deadline or a mark-down ends the wait for the response too.
+            let abort = guard.backend().abort_token();
+            let sent = tokio::select! {
+                s = client::send(&mut tx, req, settings.timeouts.response_header, &exchange) => s,
+                () = abort.cancelled() => Sent::Failed(
+                    guard.backend().abort_cause(),
+                    "the backend was drained or marked down while the request waited".to_string(),
+                ),
+            };
+            match sent {
                 Sent::Answered(resp) => {
                     pool.report_success(guard.backend());
                     exchange.with(|s| {
@@ -588,7 +597,12 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                         req = build(empty());
                         continue;
                     }
-                    if cause != Cause::UpstreamResponseTimeout {
+                    if !matches!(
+                        cause,
+                        Cause::UpstreamResponseTimeout
+                            | Cause::BackendDrained
+                            | Cause::BackendMarkedDown
+                    ) {
                         pool.report_failure(guard.backend(), cause);
                     }
                     record_attempt(&exchange, addr, cause, t_attempt);
@@ -653,6 +667,7 @@ fn respond(
 ) -> Response<RespBody> {
     let status = resp.status();
     exchange.with(|s| s.status = status.as_u16());
+    let guard_backend = &Arc::clone(guard.backend());
     let addr = guard.backend().addr();
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_on) = client_upgrade {
@@ -702,13 +717,15 @@ fn respond(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || body.is_end_stream();
+    let backend = Arc::clone(guard_backend);
     let mut tracked = Tracked::new(
         body,
         pool.settings().timeouts.idle,
         Direction::Response,
         Arc::clone(exchange),
     )
-    .on_end(on_end);
+    .on_end(on_end)
+    .abort_on(backend);
     if no_body {
         body::end_now(&mut tracked);
     }

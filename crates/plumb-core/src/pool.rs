@@ -531,6 +531,7 @@ impl Pool {
     /// Health checks marked `b` down: apply `on_marked_down`.
     pub(crate) fn marked_down(&self, b: &Backend) {
         if self.settings().on_marked_down == OnMarkedDown::Reset {
+            b.abort_http(Cause::BackendMarkedDown);
             let order = CloseOrder {
                 cause: Cause::BackendMarkedDown,
                 how: CloseHow::Reset,

@@ -230,6 +230,11 @@ pub(crate) enum Direction {
 #[error("no body bytes for {0:?}")]
 pub(crate) struct BodyIdle(pub(crate) Duration);
 
+/// The backend was drained or marked down while its response was streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("response ended: {0}")]
+pub(crate) struct BodyAborted(pub(crate) Cause);
+
 /// A body that counts its bytes into the exchange, fails after `idle` without a
 /// chunk, and (for responses) ends the exchange when it ends or is dropped.
 pub(crate) struct Tracked<B: Body> {
@@ -241,6 +246,11 @@ pub(crate) struct Tracked<B: Body> {
     /// Run when the body ended cleanly (returns a kept-alive connection to its pool).
     on_end: Option<Box<dyn FnOnce() + Send>>,
     ended: bool,
+    /// Responses: the backend's abort (drain deadline, mark-down) ends the body.
+    abort: Option<(
+        Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+        Arc<crate::pool::Backend>,
+    )>,
 }
 
 impl<B: Body> std::fmt::Debug for Tracked<B> {
@@ -267,7 +277,13 @@ impl<B: Body> Tracked<B> {
             exchange,
             on_end: None,
             ended: false,
+            abort: None,
         }
+    }
+
+    pub(crate) fn abort_on(mut self, backend: Arc<crate::pool::Backend>) -> Tracked<B> {
+        self.abort = Some((Box::pin(backend.abort_token().cancelled_owned()), backend));
+        self
     }
 
     pub(crate) fn on_end(mut self, f: Box<dyn FnOnce() + Send>) -> Tracked<B> {
@@ -305,6 +321,15 @@ where
         let this = &mut *self;
         if this.ended {
             return Poll::Ready(None);
+        }
+        if let Some((abort, backend)) = &mut this.abort {
+            if abort.as_mut().poll(cx).is_ready() {
+                let cause = backend.abort_cause();
+                this.exchange
+                    .fail(cause, "the backend was drained or marked down mid-response");
+                this.ended = true;
+                return Poll::Ready(Some(Err(Box::new(BodyAborted(cause)))));
+            }
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

@@ -77,6 +77,11 @@ pub struct Backend {
     /// The admin API changed it (registered, reweighted, drained): a reload leaves it
     /// alone.
     api_managed: AtomicBool,
+    /// HTTP requests in flight to this backend watch this token; drain deadlines and
+    /// mark-downs cancel it (and put a fresh one in its place).
+    http_abort: Mutex<CancellationToken>,
+    /// Why the last abort happened.
+    abort_cause: Mutex<Option<Cause>>,
     /// Pre-opened idle connections (`upstream.preconnect`), newest last.
     idle: Mutex<Vec<super::preconnect::Idle>>,
     /// Cancelled when the backend leaves its pool: stops its health checker.
@@ -118,6 +123,8 @@ impl Backend {
             from_config: false,
             api_managed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
+            http_abort: Mutex::new(CancellationToken::new()),
+            abort_cause: Mutex::new(None),
             gone: CancellationToken::new(),
         }
     }
@@ -300,6 +307,32 @@ impl Backend {
     pub(crate) fn clear_ejection(&self) {
         self.ejected_until.store(0, Ordering::Relaxed);
         self.ejections.store(0, Ordering::Relaxed);
+    }
+
+    /// The token HTTP requests to this backend watch while in flight.
+    pub(crate) fn abort_token(&self) -> CancellationToken {
+        self.http_abort
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Ends every HTTP request in flight to this backend, for `cause`.
+    pub(crate) fn abort_http(&self, cause: Cause) {
+        *self.abort_cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
+        let old = std::mem::replace(
+            &mut *self.http_abort.lock().unwrap_or_else(|p| p.into_inner()),
+            CancellationToken::new(),
+        );
+        old.cancel();
+    }
+
+    /// Why HTTP requests to this backend were last aborted.
+    pub(crate) fn abort_cause(&self) -> Cause {
+        self.abort_cause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(Cause::BackendDrained)
     }
 
     /// Takes the newest pre-opened connection that is still alive.

@@ -33,7 +33,12 @@ pub(super) async fn run(
             () = tokio::time::sleep_until(deadline.min(Instant::now() + POLL)) => {}
         }
     }
-    // 2. Close the rest, spread so that clients don't reconnect in one storm.
+    // 2. HTTP requests still in flight to it end now, with the drain's cause.
+    if !cancel.is_cancelled() {
+        b.abort_http(Cause::BackendDrained);
+    }
+    // TCP connections: close the rest, spread so that clients don't reconnect in
+    // one storm.
     let victims = pool.connections_to(addr);
     let spread = pool.settings().drain.close_spread;
     let order = CloseOrder {

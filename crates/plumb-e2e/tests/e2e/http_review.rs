@@ -231,3 +231,61 @@ async fn dot_segments_cannot_slip_past_a_route() {
     assert!(o.seen().is_empty(), "a dot-segment path reached the origin");
     assert_eq!(get(plumb.addr(), "/a..b/c.d", &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_ends_http_requests_in_flight() {
+    let o = origin(|r| {
+        if r.path == "/stream" {
+            // A head and a first chunk, then silence far longer than the drain.
+            vec![
+                Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nfirst".to_vec()),
+                Step::Sleep(Duration::from_secs(10)),
+            ]
+        } else {
+            vec![Step::Sleep(Duration::from_secs(10))]
+        }
+    })
+    .await;
+    let plumb = Plumb::start(&http_config(
+        &[o.addr],
+        "[pool.drain]\ntimeout = \"500ms\"\n",
+        "",
+    ))
+    .await;
+    // One response streaming, one request waiting for its head.
+    let mut streaming = Client::connect(plumb.addr()).await;
+    streaming
+        .send(b"GET /stream HTTP/1.1\r\nHost: x\r\nplumb-request-id: streaming\r\n\r\n")
+        .await;
+    let head = streaming.head().await.unwrap();
+    assert_eq!(head.status, 200);
+    let mut waiting = Client::connect(plumb.addr()).await;
+    waiting
+        .send(b"GET /wait HTTP/1.1\r\nHost: x\r\nplumb-request-id: waiting\r\nConnection: close\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = tokio::time::Instant::now();
+    plumb
+        .server
+        .pool("app")
+        .unwrap()
+        .drain(o.addr, None, false)
+        .unwrap();
+    // The waiting request is answered 503 backend_drained at the deadline.
+    let r = waiting.response().await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("plumb-error"), Some("backend_drained"));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    // The streaming response is cut, not left hanging until the origin's 10 s.
+    let cut = streaming.until_eof(Duration::from_secs(2)).await;
+    assert!(
+        cut.is_some(),
+        "the streaming response outlived the drain deadline"
+    );
+    let line = crate::http_basics::log_line(&plumb, "streaming").await;
+    assert_eq!(line["cause"], "backend_drained", "{line}");
+}
