@@ -246,6 +246,8 @@ pub(crate) struct Tracked<B: Body> {
     /// Run when the body ended cleanly (returns a kept-alive connection to its pool).
     on_end: Option<Box<dyn FnOnce() + Send>>,
     ended: bool,
+    /// Whether the idle timer runs for the chunk being waited for.
+    armed: bool,
     /// Responses: the backend's abort (drain deadline, mark-down) ends the body.
     abort: Option<(
         Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
@@ -277,6 +279,7 @@ impl<B: Body> Tracked<B> {
             exchange,
             on_end: None,
             ended: false,
+            armed: false,
             abort: None,
         }
     }
@@ -331,6 +334,13 @@ where
                 return Poll::Ready(Some(Err(Box::new(BodyAborted(cause)))));
             }
         }
+        // The idle timer measures silence from the moment the next chunk is asked
+        // for, not from the last one delivered: while the other side could not take
+        // a chunk (back-pressure), nobody was waiting on this body.
+        if !this.armed {
+            this.timer.as_mut().reset(Instant::now() + this.idle);
+            this.armed = true;
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -340,8 +350,7 @@ where
                         Direction::Response => s.bytes_out += n,
                     });
                 }
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                this.armed = false;
                 if this.inner.is_end_stream() {
                     this.end();
                 }
