@@ -50,6 +50,7 @@ pub struct Listener {
     pub request_id_header: Option<Value>,
     pub keep_request_id: Option<Value>,
     pub max_header_bytes: Option<Value>,
+    pub max_body_bytes: Option<Value>,
     pub tls: Option<Value>,
 }
 

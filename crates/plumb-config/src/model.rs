@@ -120,6 +120,9 @@ pub struct Listener {
     pub keep_request_id: bool,
     /// HTTP: the largest request head accepted; larger gets 431. Default 64 KiB.
     pub max_header_bytes: usize,
+    /// HTTP: the largest request body accepted; larger gets 413 (before anything is
+    /// sent upstream when the client announces its length). Default: no limit.
+    pub max_body_bytes: Option<u64>,
     /// HTTP: terminate TLS with this certificate and key (HTTP/2 and HTTP/1.1 by
     /// ALPN). The files are read again on reload (SIGHUP) and when they change.
     pub tls: Option<Tls>,

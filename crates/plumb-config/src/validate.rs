@@ -451,6 +451,7 @@ impl Validator {
                     ("request_id_header", l.request_id_header.is_some()),
                     ("keep_request_id", l.keep_request_id.is_some()),
                     ("max_header_bytes", l.max_header_bytes.is_some()),
+                    ("max_body_bytes", l.max_body_bytes.is_some()),
                     (
                         "timeouts.keepalive_idle",
                         l.timeouts
@@ -524,6 +525,11 @@ impl Validator {
                 DEFAULT_KEEPALIVE_IDLE,
             );
         }
+        let max_body_bytes = l
+            .max_body_bytes
+            .as_ref()
+            .and_then(|v| self.int(v, &format!("{path}.max_body_bytes"), 0, i64::MAX))
+            .map(|n| n as u64);
         let tls = match &l.tls {
             None => None,
             Some(Value::Table(t)) => {
@@ -575,6 +581,7 @@ impl Validator {
             request_id_header,
             keep_request_id,
             max_header_bytes,
+            max_body_bytes,
             accept_proxy,
             expose_error_details,
             tcp,

@@ -66,7 +66,9 @@ pub enum Cause {
     BadRequest,
     /// HTTP: no route matches the request and the listener has no default pool.
     NoRoute,
-    /// HTTP: the request head is larger than `max_header_bytes`.
+    /// HTTP: the request head is larger than `max_header_bytes` (431).
+    RequestHeaderTooLarge,
+    /// HTTP: the request body is larger than `max_body_bytes` (413).
     RequestTooLarge,
     /// HTTP: the client went away before the response was complete.
     ClientClosedEarly,
@@ -76,7 +78,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, for docs and exhaustive tests.
-    pub const ALL: [Cause; 29] = [
+    pub const ALL: [Cause; 30] = [
         Cause::UpstreamConnectRefused,
         Cause::UpstreamConnectTimeout,
         Cause::UpstreamUnreachable,
@@ -103,6 +105,7 @@ impl Cause {
         Cause::ClientTlsError,
         Cause::BadRequest,
         Cause::NoRoute,
+        Cause::RequestHeaderTooLarge,
         Cause::RequestTooLarge,
         Cause::ClientClosedEarly,
         Cause::Shutdown,
@@ -142,6 +145,7 @@ impl Cause {
             Cause::ClientTlsError => "client_tls_error",
             Cause::BadRequest => "bad_request",
             Cause::NoRoute => "no_route",
+            Cause::RequestHeaderTooLarge => "request_header_too_large",
             Cause::RequestTooLarge => "request_too_large",
             Cause::ClientClosedEarly => "client_closed_early",
             Cause::Shutdown => "shutdown",
@@ -162,6 +166,7 @@ impl Cause {
                 | Cause::ClientClosedEarly
                 | Cause::BadRequest
                 | Cause::RequestTooLarge
+                | Cause::RequestHeaderTooLarge
         )
     }
 
@@ -179,7 +184,8 @@ impl Cause {
             | Cause::BackendMarkedDown
             | Cause::Shutdown => 503,
             Cause::NoRoute => 404,
-            Cause::RequestTooLarge => 431,
+            Cause::RequestHeaderTooLarge => 431,
+            Cause::RequestTooLarge => 413,
             Cause::BadRequest => 400,
             Cause::ClientHeaderTimeout | Cause::ClientIdleTimeout => 408,
             Cause::ClientReset

@@ -450,6 +450,23 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
         method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
+    if let Some(max) = ctx.settings.max_body_bytes {
+        let announced = body
+            .size_hint()
+            .exact()
+            .or(Some(body.size_hint().lower()))
+            .unwrap_or(0);
+        if announced > max {
+            return error_response(
+                &ctx,
+                &exchange,
+                Cause::RequestTooLarge,
+                format!(
+                    "the request body ({announced} bytes) is larger than max_body_bytes ({max})"
+                ),
+            );
+        }
+    }
     let bodyless = body.is_end_stream();
     if bodyless {
         exchange.mark_request_sent();
@@ -462,6 +479,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
             Direction::Request,
             Arc::clone(&exchange),
         )
+        .limit(ctx.settings.max_body_bytes)
         .boxed_unsync(),
     );
     let build = |body: UpBody| -> Request<UpBody> {

@@ -248,6 +248,10 @@ pub(crate) struct Tracked<B: Body> {
     ended: bool,
     /// Whether the idle timer runs for the chunk being waited for.
     armed: bool,
+    /// Requests: the most body bytes allowed (`max_body_bytes`).
+    limit: Option<u64>,
+    /// Bytes passed so far.
+    seen: u64,
     /// Responses: the backend's abort (drain deadline, mark-down) ends the body.
     abort: Option<(
         Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
@@ -280,8 +284,15 @@ impl<B: Body> Tracked<B> {
             on_end: None,
             ended: false,
             armed: false,
+            limit: None,
+            seen: 0,
             abort: None,
         }
+    }
+
+    pub(crate) fn limit(mut self, limit: Option<u64>) -> Tracked<B> {
+        self.limit = limit;
+        self
     }
 
     pub(crate) fn abort_on(mut self, backend: Arc<crate::pool::Backend>) -> Tracked<B> {
@@ -345,6 +356,20 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
+                    this.seen += n;
+                    if let Some(max) = this.limit {
+                        if this.seen > max {
+                            // A body without an announced length that grew too large.
+                            this.exchange.fail(
+                                Cause::RequestTooLarge,
+                                format!("the request body is larger than max_body_bytes ({max})"),
+                            );
+                            this.ended = true;
+                            return Poll::Ready(Some(Err(Box::new(BodyAborted(
+                                Cause::RequestTooLarge,
+                            )))));
+                        }
+                    }
                     this.exchange.with(|s| match this.direction {
                         Direction::Request => s.bytes_in += n,
                         Direction::Response => s.bytes_out += n,

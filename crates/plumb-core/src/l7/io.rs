@@ -113,12 +113,12 @@ impl ClientIo {
         let cause = if data.starts_with(b"HTTP/1.1 400 ") || data.starts_with(b"HTTP/1.0 400 ") {
             crate::cause::Cause::BadRequest
         } else if data.starts_with(b"HTTP/1.1 431 ") || data.starts_with(b"HTTP/1.0 431 ") {
-            crate::cause::Cause::RequestTooLarge
+            crate::cause::Cause::RequestHeaderTooLarge
         } else {
             return None;
         };
         let detail = match cause {
-            crate::cause::Cause::RequestTooLarge => format!(
+            crate::cause::Cause::RequestHeaderTooLarge => format!(
                 "the request head is larger than max_header_bytes ({} bytes)",
                 self.ctx.settings.max_header_bytes
             ),

@@ -223,7 +223,7 @@ async fn oversized_head_gets_431() {
     );
 }
 
-/// A 431 is an error made by plumb: `plumb-error: request_too_large` (§5), a request
+/// A 431 is an error made by plumb: `plumb-error: request_header_too_large`, a request
 /// id, and a log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_head_error_names_its_cause() {
@@ -239,9 +239,9 @@ async fn oversized_head_error_names_its_cause() {
     )
     .await;
     let r = c.response().await;
-    let rid = assert_plumb_error(&r, 431, "request_too_large");
+    let rid = assert_plumb_error(&r, 431, "request_header_too_large");
     let l = log_line(&plumb, &rid).await;
-    assert_eq!(l["cause"], "request_too_large", "{l}");
+    assert_eq!(l["cause"], "request_header_too_large", "{l}");
 }
 
 /// A client goes away (FIN or RST) in the middle of a body that carries what looks

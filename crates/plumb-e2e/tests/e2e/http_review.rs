@@ -289,3 +289,39 @@ async fn drain_deadline_ends_http_requests_in_flight() {
     let line = crate::http_basics::log_line(&plumb, "streaming").await;
     assert_eq!(line["cause"], "backend_drained", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_body_bytes_get_413() {
+    let o = origin(|_| vec![Step::Write(crate::http_basics::ok("stored"))]).await;
+    let plumb = Plumb::start(&http_config(&[o.addr], "", "max_body_bytes = 100\n")).await;
+    // Announced too large: refused before anything goes upstream.
+    let mut c = Client::connect(plumb.addr()).await;
+    c.send(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.header("plumb-error"), Some("request_too_large"));
+    assert!(
+        o.seen().is_empty(),
+        "an announced oversized body reached the origin"
+    );
+    // Chunked, growing past the limit: 413 too.
+    let mut c = Client::connect(plumb.addr()).await;
+    let mut req = b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        req.extend_from_slice(b"64\r\n");
+        req.extend_from_slice(&[b'z'; 100]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    c.send(&req).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.header("plumb-error"), Some("request_too_large"));
+    // Within the limit: through.
+    let mut c = Client::connect(plumb.addr()).await;
+    c.send(b"POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\nConnection: close\r\n\r\n")
+        .await;
+    c.send(&[b'a'; 50]).await;
+    assert_eq!(c.response().await.status, 200);
+}
