@@ -325,3 +325,39 @@ async fn bodies_over_max_body_bytes_get_413() {
     c.send(&[b'a'; 50]).await;
     assert_eq!(c.response().await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_in_flight_requests_with_connection_close() {
+    let o = origin(|_| {
+        vec![
+            Step::Sleep(Duration::from_millis(500)),
+            Step::Write(crate::http_basics::ok("late")),
+        ]
+    })
+    .await;
+    let plumb = Plumb::start(&format!(
+        "[runtime]\nshutdown_grace = \"3s\"\n{}",
+        http_config(&[o.addr], "", "")
+    ))
+    .await;
+    let mut c = Client::connect(plumb.addr()).await;
+    c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(plumb.stop_and_keep_log());
+    // The request in flight is still answered, told the connection closes, and then
+    // the connection ends: no further request can start on it.
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "late");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert!(
+        c.until_eof(Duration::from_secs(2)).await.is_some(),
+        "the connection stayed open"
+    );
+    let log = stopping.await.unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l["path"] == "/slow" && l["status"] == 200 && l["cause"].is_null()),
+        "{log:?}"
+    );
+}
