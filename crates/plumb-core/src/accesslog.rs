@@ -203,6 +203,10 @@ pub struct HttpRecord<'a> {
     pub error: Option<String>,
     /// The connection was upgraded (WebSocket) and proxied as a tunnel.
     pub upgraded: bool,
+    /// `TCP_INFO` of the client's connection at the end of the request.
+    pub client_tcp: Option<plumb_sys::TcpInfo>,
+    /// `TCP_INFO` of the backend connection at the end of the request.
+    pub upstream_tcp: Option<plumb_sys::TcpInfo>,
 }
 
 #[derive(Serialize)]
@@ -230,6 +234,8 @@ struct HttpLine<'a> {
     cause: Option<&'static str>,
     error: Option<&'a str>,
     upgraded: bool,
+    client_tcp: Option<TcpLine>,
+    upstream_tcp: Option<TcpLine>,
 }
 
 #[derive(Serialize)]
@@ -345,6 +351,8 @@ impl AccessLog {
             cause: r.cause.map(Cause::as_str),
             error: r.error.as_deref(),
             upgraded: r.upgraded,
+            client_tcp: tcp_line(r.client_tcp),
+            upstream_tcp: tcp_line(r.upstream_tcp),
         };
         self.queue_line(&line);
     }

@@ -56,6 +56,10 @@ struct HttpConn {
     idle_since: Mutex<Instant>,
     /// Whether a request head is being read, and since when.
     watch: Arc<io::HeadWatch>,
+    /// The client socket (plain listeners), for `TCP_INFO`.
+    stream: Option<Arc<TcpStream>>,
+    /// This connection's entry in the connection table.
+    table: Arc<crate::conntable::Conn>,
 }
 
 impl HttpConn {
@@ -117,7 +121,17 @@ async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAdd
                 peer,
                 rewritten: None,
             };
-            run_connection(&ctx, client_io, peer, Some(&stream), watch, "http", orders).await;
+            run_connection(
+                &ctx,
+                client_io,
+                peer,
+                Some(&stream),
+                watch,
+                "http",
+                orders,
+                reg.conn(),
+            )
+            .await;
             // The client leg's TCP_INFO at close: the black-hole signature on a
             // response plumb could not get acknowledged.
             if plumb_sys::tcp_info(&*stream).is_ok_and(|i| i.suspected_blackhole()) {
@@ -139,7 +153,17 @@ async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAdd
                 .await
             {
                 Ok(Ok(tls_stream)) => {
-                    run_connection(&ctx, tls_stream, peer, None, watch, "https", orders).await;
+                    run_connection(
+                        &ctx,
+                        tls_stream,
+                        peer,
+                        None,
+                        watch,
+                        "https",
+                        orders,
+                        reg.conn(),
+                    )
+                    .await;
                 }
                 Ok(Err(e)) => {
                     failed = Some(Cause::ClientTlsError);
@@ -158,6 +182,10 @@ async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAdd
     drop(reg);
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one caller per transport; the pieces of one connection"
+)]
 async fn run_connection<I>(
     ctx: &Arc<ListenerCtx>,
     client_io: I,
@@ -166,6 +194,7 @@ async fn run_connection<I>(
     watch: Arc<io::HeadWatch>,
     proto: &'static str,
     mut orders: tokio::sync::watch::Receiver<Option<crate::conntable::CloseOrder>>,
+    table: &Arc<crate::conntable::Conn>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -176,6 +205,8 @@ async fn run_connection<I>(
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
         watch: Arc::clone(&watch),
+        stream: plain.cloned(),
+        table: Arc::clone(table),
     });
     let svc_conn = Arc::clone(&conn);
     let service = service_fn(move |req| {
@@ -365,6 +396,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
             version,
             started: Some(t0),
             header_read,
+            client_stream: conn.stream.clone(),
             ..State::default()
         },
         Box::new(move || done_conn.request_done()),
@@ -533,9 +565,11 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                 },
             };
             // A drain deadline or a mark-down ends the wait for the response too.
+            exchange.with(|s| s.upstream_stream = Some(Arc::clone(&tx.stream)));
+            conn.table.set_legs(None, Some(&tx.stream));
             let abort = guard.backend().abort_token();
             let sent = tokio::select! {
-                s = client::send(&mut tx, req, settings.timeouts.response_header, &exchange) => s,
+                s = client::send(&mut tx.tx, req, settings.timeouts.response_header, &exchange) => s,
                 () = abort.cancelled() => Sent::Failed(
                     guard.backend().abort_cause(),
                     "the backend was drained or marked down while the request waited".to_string(),
@@ -678,7 +712,7 @@ fn respond(
     exchange: &Arc<Exchange>,
     request_id: &str,
     mut resp: Response<Incoming>,
-    tx: hyper::client::conn::http1::SendRequest<UpBody>,
+    tx: client::UpConn,
     guard: crate::pool::ActiveGuard,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     method: &Method,
@@ -725,7 +759,7 @@ fn respond(
         let mut tx = tx;
         tokio::spawn(async move {
             if let Ok(Ok(())) =
-                tokio::time::timeout(std::time::Duration::from_secs(1), tx.ready()).await
+                tokio::time::timeout(std::time::Duration::from_secs(1), tx.tx.ready()).await
             {
                 keep.http_idle.put(addr, tx, max_idle);
             }

@@ -54,6 +54,10 @@ pub(crate) struct State {
     pub(crate) cause: Option<Cause>,
     pub(crate) error: Option<String>,
     pub(crate) upgraded: bool,
+    /// The client's socket, for its `TCP_INFO` at the end.
+    pub(crate) client_stream: Option<Arc<tokio::net::TcpStream>>,
+    /// The backend connection's socket, for its `TCP_INFO` at the end.
+    pub(crate) upstream_stream: Option<Arc<tokio::net::TcpStream>>,
 }
 
 impl Drop for Exchange {
@@ -144,6 +148,25 @@ impl Exchange {
         }
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let total = s.started.map(|t| t.elapsed()).unwrap_or_default();
+        let tcp = |leg: &Option<Arc<tokio::net::TcpStream>>| {
+            leg.as_ref().and_then(|st| plumb_sys::tcp_info(&**st).ok())
+        };
+        let (client_tcp, upstream_tcp) = (tcp(&s.client_stream), tcp(&s.upstream_stream));
+        for (leg, info) in [("client", client_tcp), ("upstream", upstream_tcp)] {
+            if info.is_some_and(|i| i.suspected_blackhole()) {
+                tracing::warn!(leg, request_id = %s.request_id, "suspected_blackhole: data outstanding and retransmitted with no acknowledgement");
+                self.ctx
+                    .shared
+                    .metrics
+                    .suspected_blackhole
+                    .get_or_create(&crate::metrics::LegLabels {
+                        listener: self.ctx.name.to_string(),
+                        pool: s.pool.as_deref().unwrap_or("").to_string(),
+                        leg: leg.to_string(),
+                    })
+                    .inc();
+            }
+        }
         let m = &self.ctx.shared.metrics;
         let pool = s.pool.as_deref().unwrap_or("").to_string();
         m.requests
@@ -212,6 +235,8 @@ impl Exchange {
             cause: s.cause,
             error: s.error.clone(),
             upgraded: s.upgraded,
+            client_tcp,
+            upstream_tcp,
         });
     }
 }

@@ -38,39 +38,43 @@ pub(crate) struct KeepAlive {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
 }
 
+/// An upstream connection: the request sender, and the socket (shared, so that its
+/// `TCP_INFO` can be read while hyper owns the connection).
+#[derive(Debug)]
+pub(crate) struct UpConn {
+    pub(crate) tx: http1::SendRequest<UpBody>,
+    pub(crate) stream: std::sync::Arc<tokio::net::TcpStream>,
+}
+
 #[derive(Debug)]
 struct Idle {
-    tx: http1::SendRequest<UpBody>,
+    up: UpConn,
     since: Instant,
 }
 
 impl KeepAlive {
     /// The newest idle connection to `addr` that is open, ready and not expired.
-    pub(crate) fn take(
-        &self,
-        addr: SocketAddr,
-        idle_timeout: Duration,
-    ) -> Option<http1::SendRequest<UpBody>> {
+    pub(crate) fn take(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<UpConn> {
         let mut idle = self.lock();
         let list = idle.get_mut(&addr)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < idle_timeout && i.tx.is_ready() && !i.tx.is_closed() {
-                return Some(i.tx);
+            if i.since.elapsed() < idle_timeout && i.up.tx.is_ready() && !i.up.tx.is_closed() {
+                return Some(i.up);
             }
         }
         None
     }
 
     /// Keeps a connection for reuse, unless `max` are already kept.
-    pub(crate) fn put(&self, addr: SocketAddr, tx: http1::SendRequest<UpBody>, max: usize) {
-        if max == 0 || tx.is_closed() {
+    pub(crate) fn put(&self, addr: SocketAddr, up: UpConn, max: usize) {
+        if max == 0 || up.tx.is_closed() {
             return;
         }
         let mut idle = self.lock();
         let list = idle.entry(addr).or_default();
         if list.len() < max {
             list.push(Idle {
-                tx,
+                up,
                 since: Instant::now(),
             });
         }
@@ -84,7 +88,7 @@ impl KeepAlive {
             if !usable(*addr) {
                 return false;
             }
-            list.retain(|i| i.since.elapsed() < idle_timeout && !i.tx.is_closed());
+            list.retain(|i| i.since.elapsed() < idle_timeout && !i.up.tx.is_closed());
             !list.is_empty()
         });
     }
@@ -103,10 +107,13 @@ impl KeepAlive {
 pub(crate) async fn connect(
     addr: SocketAddr,
     settings: &model::Pool,
-) -> Result<http1::SendRequest<UpBody>, upstream::ConnectError> {
-    let stream = upstream::connect(addr, &settings.tcp, settings.timeouts.connect).await?;
+) -> Result<UpConn, upstream::ConnectError> {
+    let stream = std::sync::Arc::new(
+        upstream::connect(addr, &settings.tcp, settings.timeouts.connect).await?,
+    );
+    let io = super::io::SharedStream(std::sync::Arc::clone(&stream));
     let (tx, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|e| upstream::ConnectError {
             addr,
@@ -118,7 +125,7 @@ pub(crate) async fn connect(
             tracing::debug!(backend.addr = %addr, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(tx)
+    Ok(UpConn { tx, stream })
 }
 
 /// How sending a request went.

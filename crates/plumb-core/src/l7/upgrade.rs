@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
-use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::Exchange;
-use super::client::UpBody;
+use super::client::UpConn;
 use crate::cause::{Cause, Side};
 use crate::conntable::{Conn, ConnState};
 use crate::listener::ListenerCtx;
@@ -24,7 +23,7 @@ pub(super) async fn tunnel(
     client_on: OnUpgrade,
     upstream_on: OnUpgrade,
     guard: ActiveGuard,
-    tx: SendRequest<UpBody>,
+    tx: UpConn,
 ) {
     let (client, upstream) = tokio::join!(client_on, upstream_on);
     let (client, upstream) = match (client, upstream) {

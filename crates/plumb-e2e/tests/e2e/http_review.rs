@@ -361,3 +361,22 @@ async fn shutdown_answers_in_flight_requests_with_connection_close() {
         "{log:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_log_both_legs_tcp_info() {
+    let o = origin(|_| vec![Step::Write(crate::http_basics::ok("hi"))]).await;
+    let plumb = Plumb::start(&http_config(&[o.addr], "", "")).await;
+    let r = get(
+        plumb.addr(),
+        "/tcp-info",
+        &[("plumb-request-id", "tcpinfo")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let l = crate::http_basics::log_line(&plumb, "tcpinfo").await;
+    for leg in ["client_tcp", "upstream_tcp"] {
+        assert!(l[leg]["rtt_ms"].is_number(), "{leg} missing: {l}");
+        assert!(l[leg]["total_retrans"].is_number(), "{l}");
+        assert_eq!(l[leg]["suspected_blackhole"], false, "{l}");
+    }
+}

@@ -84,7 +84,13 @@ impl Plumb {
     /// The access log's lines so far, parsed.
     pub fn log(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.access_log).unwrap_or_default();
-        text.lines()
+        // The writer thread may be mid-line: only whole lines count.
+        let whole = match text.rfind('\n') {
+            Some(end) => &text[..=end],
+            None => "",
+        };
+        whole
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
             .collect()
     }
