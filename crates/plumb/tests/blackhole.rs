@@ -150,7 +150,7 @@ fn a_path_mtu_black_hole_is_flagged_from_tcp_info() {
         .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = String::new();
+    let mut last;
     loop {
         let out = in_ns(
             &ns.0,
