@@ -153,9 +153,13 @@ async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAdd
                 .await
             {
                 Ok(Ok(tls_stream)) => {
+                    let watched = io::Watched {
+                        inner: tls_stream,
+                        watch: Arc::clone(&watch),
+                    };
                     run_connection(
                         &ctx,
-                        tls_stream,
+                        watched,
                         peer,
                         None,
                         watch,
@@ -246,10 +250,20 @@ async fn run_connection<I>(
                 () = watch.started_now.notified(), if head_at.is_none() => {}
                 () = tokio::time::sleep_until(head_at.unwrap_or(idle_at)), if head_at.is_some() => {
                     if watch.head_started().is_some_and(|t| t.elapsed() >= ctx.settings.header_read) {
-                        if let Some(stream) = plain {
-                            header_timeout(ctx, stream, peer);
-                            break;
+                        match plain {
+                            Some(stream) => header_timeout(ctx, stream, peer),
+                            None => {
+                                // TLS: the 408 cannot be written beside hyper inside
+                                // the TLS session; the connection is closed, and the
+                                // cause logged and counted all the same.
+                                let detail = format!(
+                                    "no complete request head within {}ms",
+                                    ctx.settings.header_read.as_millis()
+                                );
+                                let _ = raw_error(ctx, peer, Cause::ClientHeaderTimeout, detail);
+                            }
                         }
+                        break;
                     }
                 }
                 r = served.as_mut() => {

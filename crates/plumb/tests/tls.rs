@@ -119,7 +119,7 @@ fn https_with_alpn_and_certificates_replaced_on_disk() {
     std::fs::write(
         &config,
         format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"tls\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\ntls = {{ cert = {:?}, key = {:?} }}\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"tls\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\ntls = {{ cert = {:?}, key = {:?} }}\n[listener.timeouts]\nheader_read = \"500ms\"\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
             cert.display().to_string(),
             key.display().to_string()
         ),
@@ -171,4 +171,21 @@ fn https_with_alpn_and_certificates_replaced_on_disk() {
     }
     let (ok, out) = curl(port, &cert1, "--http2");
     assert!(!ok, "the replaced certificate still verifies: {out}");
+
+    // A slow request head inside TLS is cut at header_read (500 ms), not left to
+    // hyper's backstop (a minute here, since keepalive_idle is 60 s).
+    let script = format!(
+        "import socket,ssl,time\nctx=ssl.create_default_context(cafile={cert2:?})\ns=ctx.wrap_socket(socket.create_connection(('127.0.0.1',{port})),server_hostname='localhost')\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: localhost\\r\\n')\nt=time.time()\ns.settimeout(10)\ntry:\n  d=s.recv(100)\nexcept Exception as e:\n  d=b''\nprint(round(time.time()-t,2))\n"
+    );
+    if let Ok(out) = Command::new("python3").args(["-c", &script]).output() {
+        let secs: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(99.0);
+        assert!(
+            (0.3..3.0).contains(&secs),
+            "a slow head over TLS was closed after {secs}s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
