@@ -752,3 +752,101 @@ fn serve_refuses_a_non_loopback_admin_address_without_a_token() {
     );
     assert!(err.contains("not starting"), "{err}");
 }
+
+/// Out of file descriptors (EMFILE): accept fails, plumb logs it, backs off and
+/// keeps going; once descriptors are free again it serves again.
+#[test]
+fn accept_errors_back_off_and_are_not_fatal() {
+    let has_prlimit = Command::new("sh")
+        .args(["-c", "command -v prlimit"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_prlimit {
+        eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+        return;
+    }
+    let backend = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg = write_file(
+        dir.path(),
+        "emfile.toml",
+        &serve_config(addr, backend, dir.path()),
+    );
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new("prlimit")
+        .args([
+            "--nofile=48:48",
+            PLUMB,
+            "serve",
+            "-c",
+            cfg.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "plumb serve did not listen");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Each proxied connection costs plumb two descriptors: 40 of them run it out.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = s.write_all(b"x");
+            held.push(s);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("accept failed; backing off") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backing-off accept error logged:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "plumb exited on EMFILE"
+    );
+    let mut child = Kill(child);
+    // Free the descriptors: plumb serves again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 4];
+            if s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plumb did not serve again after descriptors were freed"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.0.try_wait().unwrap().is_none());
+}
