@@ -991,7 +991,7 @@ impl Validator {
             .max_idle_per_backend
             .as_ref()
             .and_then(|v| self.int(v, &format!("{path}.max_idle_per_backend"), 0, 100_000))
-            .map_or(32, |n| n as usize);
+            .map_or(DEFAULT_MAX_IDLE_PER_BACKEND, |n| n as usize);
         Upstream {
             max_connections_per_backend,
             preconnect,
