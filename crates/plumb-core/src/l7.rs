@@ -114,13 +114,12 @@ async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAdd
         None => {
             let stream = Arc::new(stream);
             reg.conn().set_legs(Some(&stream), None);
-            let client_io = io::ClientIo {
-                stream: Arc::clone(&stream),
-                watch: Arc::clone(&watch),
-                ctx: Arc::clone(&ctx),
+            let client_io = io::ClientIo::new(
+                Arc::clone(&stream),
+                Arc::clone(&watch),
+                Arc::clone(&ctx),
                 peer,
-                rewritten: None,
-            };
+            );
             run_connection(
                 &ctx,
                 client_io,

@@ -200,11 +200,11 @@ impl AsyncWrite for SharedStream {
     }
 }
 
-/// The client socket, shared with the connection task.
+/// The client socket of a plain listener, as hyper sees it: reads feed the head
+/// watch, and hyper's own bare 400/431 answers are replaced by plumb's.
 #[derive(Debug)]
 pub(crate) struct ClientIo {
-    pub(crate) stream: Arc<TcpStream>,
-    pub(crate) watch: Arc<HeadWatch>,
+    pub(crate) inner: Watched<SharedStream>,
     pub(crate) ctx: Arc<crate::listener::ListenerCtx>,
     pub(crate) peer: std::net::SocketAddr,
     /// plumb's own error response being written in place of hyper's, and how much
@@ -213,16 +213,34 @@ pub(crate) struct ClientIo {
 }
 
 impl ClientIo {
+    pub(crate) fn new(
+        stream: Arc<TcpStream>,
+        watch: Arc<HeadWatch>,
+        ctx: Arc<crate::listener::ListenerCtx>,
+        peer: std::net::SocketAddr,
+    ) -> ClientIo {
+        ClientIo {
+            inner: Watched {
+                inner: SharedStream(stream),
+                watch,
+            },
+            ctx,
+            peer,
+            rewritten: None,
+        }
+    }
+
     /// hyper answers a request head it cannot parse (400) or that is too large (431)
     /// on its own, before any request reaches plumb, with a bare response. Such a
-    /// write, while no request is in flight, is replaced by plumb's error response
-    /// naming the cause, so that every error a client gets from plumb says why.
+    /// write is replaced by plumb's error response naming the cause, so that every
+    /// error a client gets from plumb says why.
     fn replacement(&self, data: &[u8]) -> Option<Vec<u8>> {
         // Only while a request head is being read and none has reached plumb, and
         // only a response without plumb's request-id header: every response plumb
         // forwards or makes carries it, hyper's own never does. A backend's 400 is
         // never touched.
-        if !self.watch.waiting.load(Ordering::Acquire) || self.watch.head_started().is_none() {
+        let watch = &self.inner.watch;
+        if !watch.waiting.load(Ordering::Acquire) || watch.head_started().is_none() {
             return None;
         }
         let head_end = data
@@ -250,20 +268,22 @@ impl ClientIo {
         Some(super::raw_error(&self.ctx, self.peer, cause, detail))
     }
 
-    /// Writes the replacement; `Ready` once all of it is out.
-    fn poll_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Writes hyper's `total` bytes as plumb's replacement instead: `Ready(total)`
+    /// once all of it is out; after that, the connection ends (hyper closes after
+    /// such an error anyway) and further writes fail rather than vanish.
+    fn poll_replaced(&mut self, cx: &mut Context<'_>, total: usize) -> Poll<io::Result<usize>> {
         loop {
             let Some((bytes, done)) = &mut self.rewritten else {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(total));
             };
             if *done >= bytes.len() {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(&bytes[*done..]) {
-                Ok(n) => *done += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]))?;
+            *done += n;
+            if *done >= bytes.len() {
+                let _ = plumb_sys::shutdown_write(&*self.inner.inner.0);
+                return Poll::Ready(Ok(total));
             }
         }
     }
@@ -271,25 +291,11 @@ impl ClientIo {
 
 impl AsyncRead for ClientIo {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match self.stream.try_read(unfilled) {
-                Ok(n) => {
-                    if n > 0 {
-                        self.watch.bytes(&unfilled[..n]);
-                    }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -305,27 +311,9 @@ impl AsyncWrite for ClientIo {
             }
         }
         if self.rewritten.is_some() {
-            // hyper's response is replaced by plumb's; then the connection ends
-            // (hyper closes after such an error anyway), never silently eating bytes.
-            if self
-                .rewritten
-                .as_ref()
-                .is_some_and(|(b, done)| *done >= b.len())
-            {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-            ready!(self.poll_rewritten(cx))?;
-            let _ = plumb_sys::shutdown_write(&*self.stream);
-            return Poll::Ready(Ok(data.len()));
+            return self.poll_replaced(cx, data.len());
         }
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(data) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -333,7 +321,6 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
         if self.rewritten.is_none() {
             let first = bufs
                 .iter()
@@ -344,39 +331,21 @@ impl AsyncWrite for ClientIo {
             }
         }
         if self.rewritten.is_some() {
-            if self
-                .rewritten
-                .as_ref()
-                .is_some_and(|(b, done)| *done >= b.len())
-                && total > 0
-            {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-            ready!(self.poll_rewritten(cx))?;
-            let _ = plumb_sys::shutdown_write(&*self.stream);
-            return Poll::Ready(Ok(total));
+            let total = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_replaced(cx, total);
         }
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(bufs) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Already gone is as good as shut down.
-        let _ = plumb_sys::shutdown_write(&*self.stream);
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
