@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod probe;
 mod serve;
 
 use std::path::PathBuf;
@@ -45,6 +46,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Probe every resolved address of each URL separately, phase by phase.
+    #[command(
+        after_help = "Examples:\n  plumb probe http://example.com/\n  plumb probe tcp://db.internal:5432 -4 --count 10 --every 2s\n  plumb probe http://api.test/health --resolve api.test:80:10.0.0.7 --warn 300ms --format json\n\nExit 0 when every address was ok or warn, 1 when any failed."
+    )]
+    Probe(probe::ProbeArgs),
     /// Three local HTTP origins with plumb in front; no file, no setup. Ctrl-C stops it.
     #[command(
         after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --tcp-listen 127.0.0.1:0 --admin 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)"
@@ -96,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve { config } => serve::run(&config),
         Command::Check { config, format } => Ok(check::run(&config, format)),
+        Command::Probe(a) => probe::run(a),
         Command::Demo {
             listen,
             tcp_listen,

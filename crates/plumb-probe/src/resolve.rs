@@ -1,0 +1,154 @@
+//! Every address of a name: `--resolve` overrides first (as curl's), then literals,
+//! then the system's resolver configuration and hosts file (hickory-resolver).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::LookupIpStrategy;
+use hickory_resolver::TokioResolver;
+use tokio::time::Instant;
+
+/// Which address families to probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// A and AAAA.
+    Both,
+    /// A only (`-4`).
+    V4,
+    /// AAAA only (`-6`).
+    V6,
+}
+
+/// The addresses of a target, and how long finding them took.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Every address, in the resolver's order.
+    pub addrs: Vec<SocketAddr>,
+    /// Time spent resolving (zero for overrides and literals).
+    pub took: Duration,
+}
+
+/// A name that did not resolve.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {host:?}: {detail}")]
+pub struct ResolveError {
+    /// The name.
+    pub host: String,
+    /// Why.
+    pub detail: String,
+    /// How long it took to fail.
+    pub took: Duration,
+}
+
+/// Resolves `host`. `overrides` are `HOST:PORT:ADDR` entries as curl takes them.
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    family: Family,
+    overrides: &[String],
+) -> Result<Resolved, ResolveError> {
+    let fam_ok = |ip: &IpAddr| match family {
+        Family::Both => true,
+        Family::V4 => ip.is_ipv4(),
+        Family::V6 => ip.is_ipv6(),
+    };
+    let mut forced = Vec::new();
+    for o in overrides {
+        let mut parts = o.splitn(3, ':');
+        let (h, p, a) = (parts.next(), parts.next(), parts.next());
+        if h == Some(host) && p.and_then(|p| p.parse::<u16>().ok()) == Some(port) {
+            for addr in a.unwrap_or("").split(',') {
+                if let Ok(ip) = addr
+                    .trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                {
+                    if fam_ok(&ip) {
+                        forced.push(SocketAddr::new(ip, port));
+                    }
+                }
+            }
+        }
+    }
+    if !forced.is_empty() {
+        return Ok(Resolved {
+            addrs: forced,
+            took: Duration::ZERO,
+        });
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Resolved {
+            addrs: vec![SocketAddr::new(ip, port)]
+                .into_iter()
+                .filter(|a| fam_ok(&a.ip()))
+                .collect(),
+            took: Duration::ZERO,
+        });
+    }
+    let t0 = Instant::now();
+    let fail = |detail: String, t0: Instant| ResolveError {
+        host: host.to_string(),
+        detail,
+        took: t0.elapsed(),
+    };
+    let mut builder = TokioResolver::builder_tokio().map_err(|e| fail(e.to_string(), t0))?;
+    builder.options_mut().ip_strategy = match family {
+        Family::Both => LookupIpStrategy::Ipv4AndIpv6,
+        Family::V4 => LookupIpStrategy::Ipv4Only,
+        Family::V6 => LookupIpStrategy::Ipv6Only,
+    };
+    let resolver = builder.build().map_err(|e| fail(e.to_string(), t0))?;
+    let lookup = resolver
+        .lookup_ip(host)
+        .await
+        .map_err(|e| fail(e.to_string(), t0))?;
+    let addrs: Vec<SocketAddr> = lookup
+        .iter()
+        .filter(fam_ok)
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    if addrs.is_empty() {
+        return Err(fail("no address of the requested family".to_string(), t0));
+    }
+    Ok(Resolved {
+        addrs,
+        took: t0.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overrides_and_literals() {
+        let r = resolve(
+            "api.test",
+            80,
+            Family::Both,
+            &["api.test:80:127.0.0.1,::1".to_string()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.addrs.len(), 2);
+        let r = resolve(
+            "api.test",
+            80,
+            Family::V6,
+            &["api.test:80:127.0.0.1,[::1]".to_string()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.addrs, vec!["[::1]:80".parse().unwrap()]);
+        let r = resolve("127.0.0.2", 9, Family::Both, &[]).await.unwrap();
+        assert_eq!(r.addrs, vec!["127.0.0.2:9".parse().unwrap()]);
+        // /etc/hosts: localhost resolves without any network.
+        let r = resolve("localhost", 9, Family::V4, &[]).await.unwrap();
+        assert!(
+            r.addrs.iter().all(|a| a.ip().is_loopback()),
+            "{:?}",
+            r.addrs
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! `plumb probe` against local servers on loopback, as a user runs it: each address
+//! probed on its own, phases timed, causes named, SYN retransmissions read from
+//! TCP_INFO, the bad address of several named, exit codes.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    reason = "a test driving the binary: wall-clock deadlines; a panic is the report"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A server that answers each connection per `behave`, forever (threads end with the
+/// test process).
+fn server(behave: fn(TcpStream)) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || behave(s));
+        }
+    });
+    addr
+}
+
+fn read_head(s: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn ok(mut s: TcpStream) {
+    read_head(&mut s);
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+}
+
+fn slow(mut s: TcpStream) {
+    read_head(&mut s);
+    thread::sleep(Duration::from_millis(500));
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+}
+
+fn error500(mut s: TcpStream) {
+    read_head(&mut s);
+    let _ = s.write_all(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+}
+
+fn silent(mut s: TcpStream) {
+    read_head(&mut s);
+    thread::sleep(Duration::from_secs(20));
+}
+
+fn refusing() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A listener whose accept queue is full and that never accepts: SYNs are dropped.
+fn full_queue() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let fillers = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    (s, fillers, addr)
+}
+
+fn probe(args: &[&str]) -> (i32, Vec<Value>) {
+    let mut all = vec!["probe", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(&all)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+#[test]
+fn statuses_and_causes_per_target() {
+    let (good, late, bad, quiet, closed) = (
+        server(ok),
+        server(slow),
+        server(error500),
+        server(silent),
+        refusing(),
+    );
+    let (_q, _fillers, blocked) = full_queue();
+    let urls = [
+        format!("http://{good}/"),
+        format!("http://{late}/"),
+        format!("http://{bad}/"),
+        format!("http://{quiet}/"),
+        format!("tcp://{closed}"),
+        format!("tcp://{blocked}"),
+    ];
+    let mut args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--warn", "300ms", "--timeout", "1500ms"]);
+    let (code, r) = probe(&args);
+    assert_eq!(code, 1, "{r:?}");
+    assert_eq!(r.len(), 6, "{r:?}");
+    let by = |i: usize, k: &str| r[i][k].clone();
+    assert_eq!(
+        (by(0, "status"), by(0, "http_status")),
+        ("ok".into(), 200.into())
+    );
+    assert!(
+        by(0, "connect").as_f64().unwrap() < 100.0
+            && by(0, "ttfb").is_number()
+            && by(0, "syn_retransmits") == 0
+    );
+    assert_eq!(by(0, "tcp_info")["pmtu"], 65535);
+    assert_eq!(by(1, "status"), "warn", "{:?}", r[1]);
+    assert!(by(1, "ttfb").as_f64().unwrap() >= 450.0);
+    assert_eq!(
+        (by(2, "status"), by(2, "cause"), by(2, "http_status")),
+        ("fail".into(), "http_status".into(), 500.into())
+    );
+    assert_eq!(
+        (by(3, "status"), by(3, "cause")),
+        ("fail".into(), "response_timeout".into())
+    );
+    let t = by(3, "total").as_f64().unwrap();
+    assert!(
+        (1400.0..3000.0).contains(&t),
+        "the budget bounds the probe: {t}"
+    );
+    assert_eq!(by(4, "cause"), "connect_refused");
+    assert_eq!(by(5, "cause"), "connect_timeout");
+    assert!(
+        by(5, "syn_retransmits").as_u64().unwrap() >= 1,
+        "{:?}",
+        r[5]
+    );
+}
+
+#[test]
+fn every_address_is_probed_and_the_bad_one_is_named() {
+    let good = server(ok);
+    let spec = format!("api.test:{}:127.0.0.1,127.0.0.9", good.port());
+    let url = format!("http://api.test:{}/health", good.port());
+    let (code, r) = probe(&[&url, "--resolve", &spec]);
+    assert_eq!(code, 1);
+    assert_eq!(r.len(), 2, "{r:?}");
+    let good_line = r
+        .iter()
+        .find(|l| l["address"] == format!("127.0.0.1:{}", good.port()))
+        .unwrap();
+    let bad_line = r
+        .iter()
+        .find(|l| l["address"] == format!("127.0.0.9:{}", good.port()))
+        .unwrap();
+    assert_eq!(good_line["status"], "ok");
+    assert_eq!(good_line["host"], "api.test");
+    assert_eq!(
+        (bad_line["status"].clone(), bad_line["cause"].clone()),
+        ("fail".into(), "connect_refused".into())
+    );
+    // -4 with only an IPv6 override: nothing to probe is a dns_error, exit 1.
+    let (code, r) = probe(&[
+        &url,
+        "--resolve",
+        &format!("api.test:{}:::1", good.port()),
+        "-4",
+    ]);
+    assert_eq!((code, r[0]["cause"].clone()), (1, "dns_error".into()));
+}
+
+#[test]
+fn a_connect_that_needed_a_syn_retransmission_is_a_warning() {
+    // The queue is full for about 1.5 s, then the listener accepts: the first SYN is
+    // dropped, a retransmitted one gets through.
+    let (q, fillers, addr) = full_queue();
+    thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        drop(fillers);
+        let l: TcpListener = q.into();
+        for s in l.incoming().flatten() {
+            thread::spawn(move || ok(s));
+        }
+    });
+    let (code, r) = probe(&[
+        &format!("http://{addr}/"),
+        "--warn",
+        "10s",
+        "--timeout",
+        "6s",
+    ]);
+    assert_eq!(code, 0, "warn is not a failure: {r:?}");
+    assert_eq!(r[0]["status"], "warn", "{:?}", r[0]);
+    assert!(r[0]["syn_retransmits"].as_u64().unwrap() >= 1, "{:?}", r[0]);
+}
+
+#[test]
+fn rounds_end_with_a_summary_and_bad_flags_are_usage_errors() {
+    let good = server(ok);
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args([
+            "probe",
+            &format!("http://{good}/"),
+            "--count",
+            "3",
+            "--every",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains("3 probes, 100.0% succeeded"), "{text}");
+    for bad in [
+        vec!["probe", "https://example.test/"],
+        vec!["probe", "tcp://example.test"],
+        vec!["probe", "http://127.0.0.1:1/", "--timeout", "5x"],
+        vec!["probe", "http://127.0.0.1:1/", "--expect-status", "700"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .args(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
