@@ -66,7 +66,7 @@ pub struct ProbeResult {
     pub dns: f64,
     /// Connect (the handshake).
     pub connect: Option<f64>,
-    /// TLS handshake (not yet supported: always null).
+    /// TLS handshake (https).
     pub tls: Option<f64>,
     /// Request sent to response head.
     pub ttfb: Option<f64>,
@@ -118,8 +118,14 @@ pub async fn probe_address(
         }
     };
     r.connect = Some(ms(t0.elapsed()));
-    if target.scheme == Scheme::Http {
-        http(&stream, target, opts, deadline, t0, &mut r).await;
+    match target.scheme {
+        Scheme::Tcp => {}
+        Scheme::Http => http(Shared(&stream), target, opts, deadline, t0, &mut r).await,
+        Scheme::Https => {
+            if let Some(tls) = handshake(&stream, target, opts, deadline, t0, &mut r).await {
+                http(tls, target, opts, deadline, t0, &mut r).await;
+            }
+        }
     }
     if let Ok(i) = plumb_sys::tcp_info(&stream) {
         r.tcp_info = Some(TcpFacts {
@@ -220,15 +226,65 @@ fn set_connect_error(r: &mut ProbeResult, e: &io::Error) {
     r.detail = Some(e.to_string());
 }
 
-async fn http(
-    stream: &TcpStream,
+/// The TLS handshake, timed; `None` (with the cause set) when it fails.
+async fn handshake<'a>(
+    stream: &'a TcpStream,
     target: &Target,
     opts: &Options,
     deadline: Instant,
     t0: Instant,
     r: &mut ProbeResult,
-) {
-    let io = TokioIo::new(Shared(stream));
+) -> Option<tokio_rustls::client::TlsStream<Shared<'a>>> {
+    let Some(config) = opts.tls.clone() else {
+        r.cause = Some("tls_error");
+        r.detail = Some("no TLS settings for an https target".to_string());
+        return None;
+    };
+    let name = match rustls::pki_types::ServerName::try_from(target.host.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            r.cause = Some("tls_error");
+            r.detail = Some(format!(
+                "{:?} cannot be a TLS server name: {e}",
+                target.host
+            ));
+            return None;
+        }
+    };
+    let started = Instant::now();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match tokio::time::timeout_at(deadline, connector.connect(name, Shared(stream))).await {
+        Ok(Ok(tls)) => {
+            r.tls = Some(ms(started.elapsed()));
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            r.cause = Some("tls_error");
+            r.detail = Some(e.to_string());
+            None
+        }
+        Err(_) => {
+            r.cause = Some("tls_error");
+            r.detail = Some(format!(
+                "no TLS handshake within the {}ms budget",
+                deadline.duration_since(t0).as_millis()
+            ));
+            None
+        }
+    }
+}
+
+async fn http<IO>(
+    io: IO,
+    target: &Target,
+    opts: &Options,
+    deadline: Instant,
+    t0: Instant,
+    r: &mut ProbeResult,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let io = TokioIo::new(io);
     let handshake = tokio::time::timeout_at(deadline, http1::handshake::<_, Full<Bytes>>(io)).await;
     let (mut tx, conn) = match handshake {
         Ok(Ok(x)) => x,

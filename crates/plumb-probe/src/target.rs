@@ -9,6 +9,8 @@ pub enum Scheme {
     Tcp,
     /// An HTTP/1.1 request.
     Http,
+    /// An HTTP/1.1 request over TLS.
+    Https,
 }
 
 /// A parsed target.
@@ -55,6 +57,7 @@ impl Target {
             .map_err(|_| TargetError::NotAUrl(url.to_string()))?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
             Some("tcp") => Scheme::Tcp,
             Some(other) => {
                 return Err(TargetError::Scheme {
@@ -78,6 +81,7 @@ impl Target {
         let port = match (authority.port_u16(), scheme) {
             (Some(p), _) => p,
             (None, Scheme::Http) => 80,
+            (None, Scheme::Https) => 443,
             (None, Scheme::Tcp) => return Err(TargetError::NoPort(url.to_string())),
         };
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -101,7 +105,9 @@ impl Target {
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if (self.scheme == Scheme::Http && self.port == 80)
+            || (self.scheme == Scheme::Https && self.port == 443)
+        {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -137,10 +143,9 @@ mod tests {
             Target::parse("ftp://a/"),
             Err(TargetError::Scheme { .. })
         ));
-        assert!(matches!(
-            Target::parse("https://a/"),
-            Err(TargetError::Scheme { .. })
-        ));
+        assert_eq!(Target::parse("https://a/").unwrap().port, 443);
+        assert_eq!(Target::parse("https://a/").unwrap().host_header(), "a");
+        assert_eq!(Target::parse("https://a:8443/").unwrap().host_header(), "a:8443");
         assert!(Target::parse("not a url").is_err());
     }
 }

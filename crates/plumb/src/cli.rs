@@ -48,7 +48,7 @@ enum Command {
     },
     /// Probe every resolved address of each URL separately, phase by phase.
     #[command(
-        after_help = "Examples:\n  plumb probe http://example.com/\n  plumb probe tcp://db.internal:5432 -4 --count 10 --every 2s\n  plumb probe http://api.test/health --resolve api.test:80:10.0.0.7 --warn 300ms --format json\n\nExit 0 when every address was ok or warn, 1 when any failed."
+        after_help = "Examples:\n  plumb probe http://example.com/ https://example.com/\n  plumb probe tcp://db.internal:5432 -4 --count 10 --every 2s\n  plumb probe http://api.test/health --resolve api.test:80:10.0.0.7 --warn 300ms --format json\n\nExit 0 when every address was ok or warn, 1 when any failed."
     )]
     Probe(probe::ProbeArgs),
     /// Three local HTTP origins with plumb in front; no file, no setup. Ctrl-C stops it.

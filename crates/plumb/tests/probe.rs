@@ -234,7 +234,13 @@ fn rounds_end_with_a_summary_and_bad_flags_are_usage_errors() {
     );
     assert!(text.contains("3 probes, 100.0% succeeded"), "{text}");
     for bad in [
-        vec!["probe", "https://example.test/"],
+        vec!["probe", "ftp://example.test/"],
+        vec![
+            "probe",
+            "https://example.test/",
+            "--cacert",
+            "/nonexistent.pem",
+        ],
         vec!["probe", "tcp://example.test"],
         vec!["probe", "http://127.0.0.1:1/", "--timeout", "5x"],
         vec!["probe", "http://127.0.0.1:1/", "--expect-status", "700"],
@@ -250,4 +256,70 @@ fn rounds_end_with_a_summary_and_bad_flags_are_usage_errors() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn https_times_the_handshake_and_checks_the_certificate() {
+    let origin = server(ok);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("tls.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[runtime]\naccess_log = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"tls\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\ntls = {{ cert = {:?}, key = {:?} }}\n[[pool]]\nname = \"app\"\nbackends = [\"{origin}\"]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _plumb = Kill(
+        Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .args(["serve", "-c", cfg.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plumb serve did not listen"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://localhost:{port}/");
+    let pin = format!("localhost:{port}:127.0.0.1");
+    let (code, r) = probe(&[&url, "--resolve", &pin, "--cacert", cert.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(
+        (r[0]["status"].clone(), r[0]["http_status"].clone()),
+        ("ok".into(), 200.into())
+    );
+    assert!(r[0]["tls"].as_f64().is_some_and(|t| t > 0.0), "{:?}", r[0]);
+    // An untrusted certificate is a tls_error; --insecure accepts it.
+    let (code, r) = probe(&[&url, "--resolve", &pin]);
+    assert_eq!(
+        (code, r[0]["cause"].clone()),
+        (1, "tls_error".into()),
+        "{r:?}"
+    );
+    let (code, r) = probe(&[&url, "--resolve", &pin, "--insecure"]);
+    assert_eq!((code, r[0]["status"].clone()), (0, "ok".into()), "{r:?}");
 }

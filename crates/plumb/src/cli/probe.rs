@@ -10,7 +10,7 @@ use super::Format;
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// http://host[:port]/path or tcp://host:port (https is not supported yet).
+    /// http://host[:port]/path, https://host[:port]/path or tcp://host:port.
     #[arg(required = true, value_name = "URL")]
     urls: Vec<String>,
     /// Only IPv4 addresses.
@@ -40,6 +40,12 @@ pub struct ProbeArgs {
     /// Request body.
     #[arg(long)]
     data: Option<String>,
+    /// https: trust the CA certificates in this PEM file (instead of the system's).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
+    /// https: accept any certificate (the handshake is still timed).
+    #[arg(short = 'k', long)]
+    insecure: bool,
     /// Rounds to run (default 1; with --every or --for, until they end or Ctrl-C).
     #[arg(long)]
     count: Option<u64>,
@@ -110,7 +116,22 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     } else {
         Family::Both
     };
+    let tls = if targets
+        .iter()
+        .any(|t| t.scheme == plumb_probe::Scheme::Https)
+    {
+        match plumb_probe::client_config(a.cacert.as_deref(), a.insecure) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("plumb probe: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        None
+    };
     let opts = Options {
+        tls,
         timeout: a.timeout,
         warn: a.warn,
         expect_status: a.expect_status,
@@ -209,12 +230,13 @@ fn print(r: &ProbeResult, format: Format) {
                 Status::Fail => "fail",
             };
             let mut line = format!(
-                "{status:<4} {} {} {}  dns {:.2} connect {} ttfb {} total {:.2} ms",
+                "{status:<4} {} {} {}  dns {:.2} connect {} tls {} ttfb {} total {:.2} ms",
                 r.url,
                 r.address,
                 r.http_status.map_or("-".to_string(), |s| s.to_string()),
                 r.dns,
                 f(r.connect),
+                f(r.tls),
                 f(r.ttfb),
                 r.total
             );
