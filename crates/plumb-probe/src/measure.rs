@@ -28,6 +28,17 @@ pub enum Status {
     Fail,
 }
 
+impl Status {
+    /// The lowercase name used in text and JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
 /// What TCP_INFO said.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TcpFacts {

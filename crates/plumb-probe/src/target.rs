@@ -145,7 +145,10 @@ mod tests {
         ));
         assert_eq!(Target::parse("https://a/").unwrap().port, 443);
         assert_eq!(Target::parse("https://a/").unwrap().host_header(), "a");
-        assert_eq!(Target::parse("https://a:8443/").unwrap().host_header(), "a:8443");
+        assert_eq!(
+            Target::parse("https://a:8443/").unwrap().host_header(),
+            "a:8443"
+        );
         assert!(Target::parse("not a url").is_err());
     }
 }

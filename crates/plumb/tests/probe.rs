@@ -323,3 +323,31 @@ fn https_times_the_handshake_and_checks_the_certificate() {
     let (code, r) = probe(&[&url, "--resolve", &pin, "--insecure"]);
     assert_eq!((code, r[0]["status"].clone()), (0, "ok".into()), "{r:?}");
 }
+
+#[test]
+fn on_fail_runs_only_for_failures_with_the_result_in_its_environment() {
+    let dir = std::env::temp_dir().join(format!("plumb-on-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("hook.log");
+    let hook = format!(
+        "printf '%s|%s|%s\\n' \"$PLUMB_CAUSE\" \"$PLUMB_ADDRESS\" \"$PLUMB_STATUS\" >> {}",
+        log.display()
+    );
+    let good = server(ok);
+    let bad = refusing();
+    let (code, r) = probe(&[
+        &format!("http://{good}/"),
+        &format!("tcp://{bad}"),
+        "--on-fail",
+        &hook,
+    ]);
+    assert_eq!(code, 1, "{r:?}");
+    let written = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    // One line: the refused target, with its cause and address; the good one ran nothing.
+    assert_eq!(
+        written,
+        format!("connect_refused|{bad}|fail\n"),
+        "hook log: {written:?}"
+    );
+}

@@ -55,9 +55,15 @@ pub struct ProbeArgs {
     /// Run for this long.
     #[arg(long = "for", value_parser = duration)]
     duration: Option<Duration>,
-    /// Output: text lines, or json (one object per result).
+    /// Output: text (a timing waterfall on a terminal, one line per result when
+    /// piped), or json (one object per result).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Run this shell command after each failed probe, with the result in the
+    /// environment (PLUMB_URL, PLUMB_ADDRESS, PLUMB_STATUS, PLUMB_CAUSE,
+    /// PLUMB_DETAIL, PLUMB_RESULT as JSON). It gets 10 s.
+    #[arg(long, value_name = "CMD")]
+    on_fail: Option<String>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -167,6 +173,11 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
                 for r in &results {
                     print(r, a.format);
                     summary.add(r);
+                    if r.status == Status::Fail {
+                        if let Some(cmd) = &a.on_fail {
+                            on_fail(cmd, r).await;
+                        }
+                    }
                 }
             }
         }
@@ -216,7 +227,38 @@ async fn probe_target(
     }
 }
 
+/// Runs `--on-fail` for one failed result, bounded in time.
+async fn on_fail(cmd: &str, r: &ProbeResult) {
+    let json = serde_json::to_string(r).unwrap_or_default();
+    let child = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .env("PLUMB_URL", &r.url)
+        .env("PLUMB_ADDRESS", r.address.to_string())
+        .env("PLUMB_STATUS", "fail")
+        .env("PLUMB_CAUSE", r.cause.unwrap_or(""))
+        .env("PLUMB_DETAIL", r.detail.as_deref().unwrap_or(""))
+        .env("PLUMB_RESULT", json)
+        .kill_on_drop(true)
+        .spawn();
+    match child {
+        Ok(mut child) => match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            Ok(Ok(status)) if !status.success() => {
+                eprintln!("plumb probe: --on-fail exited with {status}")
+            }
+            Ok(Err(e)) => eprintln!("plumb probe: --on-fail: {e}"),
+            Err(_) => eprintln!("plumb probe: --on-fail did not finish within 10s; killed"),
+            _ => {}
+        },
+        Err(e) => eprintln!("plumb probe: cannot run --on-fail: {e}"),
+    }
+}
+
 fn print(r: &ProbeResult, format: Format) {
+    use std::io::IsTerminal;
+    if format == Format::Text && std::io::stdout().is_terminal() {
+        print!("{}", waterfall(r));
+        return;
+    }
     match format {
         Format::Json => match serde_json::to_string(r) {
             Ok(line) => println!("{line}"),
@@ -224,11 +266,7 @@ fn print(r: &ProbeResult, format: Format) {
         },
         Format::Text => {
             let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-            let status = match r.status {
-                Status::Ok => "ok",
-                Status::Warn => "warn",
-                Status::Fail => "fail",
-            };
+            let status = r.status.as_str();
             let mut line = format!(
                 "{status:<4} {} {} {}  dns {:.2} connect {} tls {} ttfb {} total {:.2} ms",
                 r.url,
@@ -257,5 +295,114 @@ fn print(r: &ProbeResult, format: Format) {
             }
             println!("{line}");
         }
+    }
+}
+
+/// A result as a timing waterfall for a terminal (like httpstat): one bar per phase,
+/// aligned, coloured by status.
+fn waterfall(r: &ProbeResult) -> String {
+    // https://no-color.org: a set NO_COLOR keeps the layout and drops the colour.
+    let plain = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let (colour, status) = match r.status {
+        _ if plain => ("", r.status.as_str()),
+        Status::Ok => ("\x1b[32m", r.status.as_str()),
+        Status::Warn => ("\x1b[33m", r.status.as_str()),
+        Status::Fail => ("\x1b[31m", r.status.as_str()),
+    };
+    let reset = if plain { "" } else { "\x1b[0m" };
+    let mut out = format!(
+        "{colour}{status:<4}{reset} {} {} {}",
+        r.url,
+        r.address,
+        r.http_status.map_or(String::new(), |s| s.to_string())
+    );
+    if let Some(c) = r.cause {
+        out.push_str(&format!("  {colour}{c}{reset}"));
+    }
+    out.push('\n');
+    // Phase spans as (name, start, length) in ms: resolution first, then the
+    // connection's phases one after another; `total` (connect to the end of the
+    // response) spans them all after resolution.
+    let dns = r.dns;
+    let connect = r.connect.unwrap_or(0.0);
+    let tls = r.tls.unwrap_or(0.0);
+    let ttfb = r.ttfb.unwrap_or(0.0);
+    let phases = [
+        ("dns", 0.0, dns),
+        ("connect", dns, connect),
+        ("tls", dns + connect, tls),
+        ("ttfb", dns + connect + tls, ttfb),
+        ("total", dns, r.total),
+    ];
+    let width = 40.0;
+    let scale = (dns + r.total).max(0.001);
+    for (name, start, len) in phases {
+        if len <= 0.0 && name != "total" {
+            continue;
+        }
+        let from = (start / scale * width).round() as usize;
+        let n = ((len / scale * width).round() as usize).max(1);
+        out.push_str(&format!(
+            "  {name:<8} {len:>9.2} ms  {}{colour}{}{reset}\n",
+            " ".repeat(from.min(40)),
+            "\u{2588}".repeat(n.min(40))
+        ));
+    }
+    if let Some(n) = r.syn_retransmits.filter(|n| *n > 0) {
+        out.push_str(&format!("  SYN retransmissions: {n}\n"));
+    }
+    if let Some(t) = r.tcp_info {
+        out.push_str(&format!(
+            "  rtt {:.2} ms, retransmits {}, pmtu {}, mss {}\n",
+            t.rtt_ms, t.retransmits, t.pmtu, t.snd_mss
+        ));
+    }
+    if let Some(d) = &r.detail {
+        out.push_str(&format!("  {d}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waterfall_bars_follow_one_another_on_one_scale() {
+        let r = ProbeResult {
+            url: "https://a.test/".into(),
+            host: "a.test".into(),
+            address: "127.0.0.1:443".parse().unwrap(),
+            family: "ipv4",
+            status: Status::Ok,
+            cause: None,
+            detail: None,
+            http_status: Some(200),
+            dns: 10.0,
+            connect: Some(10.0),
+            tls: Some(10.0),
+            ttfb: Some(10.0),
+            total: 30.0,
+            syn_retransmits: None,
+            tcp_info: None,
+        };
+        let text = waterfall(&r);
+        let bar = |name: &str| {
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in {text}"));
+            let bar = line.split(" ms  ").nth(1).unwrap();
+            let bar = bar.replace("\x1b[32m", "").replace("\x1b[0m", "");
+            let start = bar.chars().take_while(|c| *c == ' ').count();
+            (start, bar.chars().count() - start)
+        };
+        // 40 columns for 40 ms: each 10 ms phase is 10 columns, each after the last.
+        assert_eq!(bar("dns"), (0, 10), "{text}");
+        assert_eq!(bar("connect"), (10, 10), "{text}");
+        assert_eq!(bar("tls"), (20, 10), "{text}");
+        assert_eq!(bar("ttfb"), (30, 10), "{text}");
+        assert_eq!(bar("total"), (10, 30), "{text}");
+        assert!(text.contains("ok") && text.contains("200"), "{text}");
     }
 }
