@@ -324,7 +324,7 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
-        openmetrics_to_prometheus(&out)
+        classic_text(&out)
     }
 
     /// Counts an ended connection.
@@ -410,7 +410,7 @@ impl Metrics {
 /// prometheus-client writes OpenMetrics, where a counter family `x` has samples
 /// `x_total`. The classic text format names the family after its samples, and has
 /// no `# UNIT` or `# EOF` lines; this rewrites one into the other.
-fn openmetrics_to_prometheus(om: &str) -> String {
+pub fn classic_text(om: &str) -> String {
     let mut counters = std::collections::HashSet::new();
     for line in om.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -495,7 +495,7 @@ mod tests {
     fn counters_are_named_after_their_samples_in_the_classic_format() {
         let om = "# HELP plumb_requests HTTP requests.\n# TYPE plumb_requests counter\nplumb_requests_total{code=\"200\"} 3\n# HELP plumb_up Up.\n# TYPE plumb_up gauge\nplumb_up 1\n# HELP plumb_d D.\n# TYPE plumb_d histogram\n# UNIT plumb_d seconds\nplumb_d_sum 0\n# EOF\n";
         assert_eq!(
-            openmetrics_to_prometheus(om),
+            classic_text(om),
             "# HELP plumb_requests_total HTTP requests.\n# TYPE plumb_requests_total counter\nplumb_requests_total{code=\"200\"} 3\n# HELP plumb_up Up.\n# TYPE plumb_up gauge\nplumb_up 1\n# HELP plumb_d D.\n# TYPE plumb_d histogram\nplumb_d_sum 0\n"
         );
     }

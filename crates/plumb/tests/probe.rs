@@ -351,3 +351,125 @@ fn on_fail_runs_only_for_failures_with_the_result_in_its_environment() {
         "hook log: {written:?}"
     );
 }
+
+/// Sends one GET and returns the body (the test's own tiny HTTP/1.0 client).
+fn get(addr: &str, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_listen_exports_each_address_on_its_own() {
+    use std::io::BufRead;
+    let good = server(ok);
+    let bad = refusing();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args([
+            "probe",
+            &format!("http://{good}/"),
+            &format!("tcp://{bad}"),
+            "--every",
+            "100ms",
+            "--count",
+            "300",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let _guard = Kill(child);
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("plumb probe: metrics at http://")
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+        .to_string();
+    // Wait (bounded) until at least three rounds are in.
+    let good_ok = format!(
+        "plumb_probe_results_total{{url=\"http://{good}/\",address=\"{good}\",status=\"ok\",cause=\"none\"}}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (head, body) = get(&addr, "/metrics");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        let rounds = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{good_ok} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if rounds >= 3.0 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(&format!(
+            "plumb_probe_success{{url=\"http://{good}/\",address=\"{good}\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "plumb_probe_success{{url=\"tcp://{bad}\",address=\"{bad}\"}}"
+        )),
+        0.0
+    );
+    assert!(
+        value(&format!(
+            "plumb_probe_results_total{{url=\"tcp://{bad}\",address=\"{bad}\",status=\"fail\",cause=\"connect_refused\"}}"
+        )) >= 3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "plumb_probe_http_status_code{{url=\"http://{good}/\",address=\"{good}\"}}"
+        )),
+        200.0
+    );
+    // The ttfb histogram counts one observation per good round, each far below 1 s.
+    let ttfb = format!("url=\"http://{good}/\",address=\"{good}\",phase=\"ttfb\"");
+    let count = value(&format!(
+        "plumb_probe_phase_duration_seconds_count{{{ttfb}}}"
+    ));
+    assert!(count >= 3.0, "{body}");
+    assert_eq!(
+        value(&format!(
+            "plumb_probe_phase_duration_seconds_bucket{{le=\"0.8192\",{ttfb}}}"
+        )),
+        count,
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE plumb_probe_syn_retransmits_total counter"),
+        "{body}"
+    );
+    let (head, _) = get(&addr, "/nope");
+    assert!(head.contains(" 404 "), "{head}");
+}

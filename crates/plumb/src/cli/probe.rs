@@ -1,6 +1,10 @@
 //! `plumb probe`: flags, rounds, output. The probing itself is plumb-probe's.
 
+mod metrics;
+
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -64,6 +68,11 @@ pub struct ProbeArgs {
     /// PLUMB_DETAIL, PLUMB_RESULT as JSON). It gets 10 s.
     #[arg(long, value_name = "CMD")]
     on_fail: Option<String>,
+    /// Serve the results as Prometheus metrics at http://ADDR/metrics, per address
+    /// (plumb_probe_success{url,address}, phase histograms, SYN retransmissions).
+    /// Implies continuous probing (every 15 s unless --every says otherwise).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -145,11 +154,28 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         headers: a.headers.clone(),
         data: a.data.clone(),
     };
-    let continuous = a.every.is_some() || a.duration.is_some();
+    let continuous = a.every.is_some() || a.duration.is_some() || a.metrics_listen.is_some();
     let rounds = a.count.unwrap_or(if continuous { u64::MAX } else { 1 });
     let every = a.every.unwrap_or(Duration::from_secs(15));
+    let metrics_listener = match a.metrics_listen.map(metrics::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("plumb probe: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let rt = super::runtime(Some(1))?;
     let summary = rt.block_on(async {
+        let exported = match metrics_listener {
+            Some(l) => {
+                let l = tokio::net::TcpListener::from_std(l)?;
+                eprintln!("plumb probe: metrics at http://{}/metrics", l.local_addr()?);
+                let m = Arc::new(metrics::ProbeMetrics::new());
+                tokio::spawn(metrics::serve(l, m.clone()));
+                Some(m)
+            }
+            None => None,
+        };
         let mut summary = Summary::default();
         let until = a.duration.map(|d| tokio::time::Instant::now() + d);
         let ctrl_c = tokio::signal::ctrl_c();
@@ -167,12 +193,15 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             }
             for t in &targets {
                 let results = tokio::select! {
-                    _ = &mut ctrl_c => return summary,
+                    _ = &mut ctrl_c => return Ok(summary),
                     r = probe_target(t, family, &a.resolve, &opts) => r,
                 };
                 for r in &results {
                     print(r, a.format);
                     summary.add(r);
+                    if let Some(m) = &exported {
+                        m.record(r);
+                    }
                     if r.status == Status::Fail {
                         if let Some(cmd) = &a.on_fail {
                             on_fail(cmd, r).await;
@@ -181,8 +210,8 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        summary
-    });
+        Ok::<_, anyhow::Error>(summary)
+    })?;
     if rounds > 1 && a.format == Format::Text {
         print!("{}", summary.render());
     }
