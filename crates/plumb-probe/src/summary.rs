@@ -43,10 +43,9 @@ impl Summary {
                 100.0 * (ok + warn) as f64 / n.max(1) as f64
             );
             for (name, values) in [
-                (
-                    "connect",
-                    rs.iter().filter_map(|r| r.connect).collect::<Vec<_>>(),
-                ),
+                ("dns", rs.iter().map(|r| r.dns).collect::<Vec<_>>()),
+                ("connect", rs.iter().filter_map(|r| r.connect).collect()),
+                ("tls", rs.iter().filter_map(|r| r.tls).collect()),
                 ("ttfb", rs.iter().filter_map(|r| r.ttfb).collect()),
                 ("total", rs.iter().map(|r| r.total).collect()),
             ] {
@@ -80,4 +79,56 @@ fn percentiles(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     v.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     Some((at(0.5), at(0.95), v[v.len() - 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(n: u32, status: Status, cause: Option<&'static str>) -> ProbeResult {
+        let ms = f64::from(n);
+        ProbeResult {
+            url: "https://a.test/".into(),
+            host: "a.test".into(),
+            address: "192.0.2.1:443".parse().unwrap(),
+            family: "ipv4",
+            status,
+            cause,
+            detail: None,
+            http_status: Some(200),
+            dns: ms,
+            connect: Some(ms),
+            tls: Some(ms),
+            ttfb: Some(ms),
+            total: 3.0 * ms,
+            syn_retransmits: Some(u32::from(n == 7)),
+            tcp_info: None,
+        }
+    }
+
+    #[test]
+    fn every_phase_gets_nearest_rank_percentiles_and_causes_are_counted() {
+        let mut s = Summary::default();
+        for n in 1..=20 {
+            let (status, cause) = match n {
+                19 | 20 => (Status::Fail, Some("response_timeout")),
+                7 => (Status::Warn, None),
+                _ => (Status::Ok, None),
+            };
+            s.add(&result(n, status, cause));
+        }
+        let text = s.render();
+        assert!(s.any_failed());
+        assert!(
+            text.contains("20 probes, 90.0% succeeded (17 ok, 1 warn, 2 fail)"),
+            "{text}"
+        );
+        // 1..=20: p50 is the 11th value (index round(19 * 0.5) = 10), p95 the 19th.
+        for phase in ["dns", "connect", "tls", "ttfb"] {
+            let line = format!("  {phase:<8} {:>9.2} / {:>9.2} / {:>9.2}", 11.0, 19.0, 20.0);
+            assert!(text.contains(&line), "{line:?} not in\n{text}");
+        }
+        assert!(text.contains("SYN retransmissions: 1"), "{text}");
+        assert!(text.contains("causes: response_timeout x2"), "{text}");
+    }
 }
