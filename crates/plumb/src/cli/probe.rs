@@ -178,6 +178,7 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         };
         let mut summary = Summary::default();
         let until = a.duration.map(|d| tokio::time::Instant::now() + d);
+        let progress = Progress::new(continuous && a.format == Format::Text, a.count, every);
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         for round in 0..rounds {
@@ -191,13 +192,17 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
                 break;
             }
+            progress.round(round + 1);
             for t in &targets {
                 let results = tokio::select! {
-                    _ = &mut ctrl_c => return Ok(summary),
+                    _ = &mut ctrl_c => {
+                        progress.finish();
+                        return Ok(summary);
+                    }
                     r = probe_target(t, family, &a.resolve, &opts) => r,
                 };
                 for r in &results {
-                    print(r, a.format);
+                    progress.print(r, a.format);
                     summary.add(r);
                     if let Some(m) = &exported {
                         m.record(r);
@@ -210,6 +215,7 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        progress.finish();
         Ok::<_, anyhow::Error>(summary)
     })?;
     if rounds > 1 && a.format == Format::Text {
@@ -253,6 +259,73 @@ async fn probe_target(
             syn_retransmits: None,
             tcp_info: None,
         }],
+    }
+}
+
+/// A status line under the results while probing continuously on a terminal: the
+/// round, the tally so far and the interval. Results print above it; piped or JSON
+/// output has none.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    rounds: Option<u64>,
+    every: Duration,
+    tally: std::cell::Cell<[u64; 3]>,
+}
+
+impl Progress {
+    fn new(wanted: bool, rounds: Option<u64>, every: Duration) -> Progress {
+        use std::io::IsTerminal;
+        let bar = (wanted && std::io::stdout().is_terminal() && std::io::stderr().is_terminal())
+            .then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            });
+        Progress {
+            bar,
+            rounds,
+            every,
+            tally: std::cell::Cell::new([0; 3]),
+        }
+    }
+
+    fn round(&self, n: u64) {
+        self.redraw(n);
+    }
+
+    fn redraw(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(n);
+            let [ok, warn, fail] = self.tally.get();
+            let of = self.rounds.map_or(String::new(), |r| format!("/{r}"));
+            bar.set_message(format!(
+                "round {n}{of} every {:?}: {ok} ok, {warn} warn, {fail} fail  (Ctrl-C for the summary)",
+                self.every
+            ));
+        }
+    }
+
+    fn print(&self, r: &ProbeResult, format: Format) {
+        let mut t = self.tally.get();
+        t[match r.status {
+            Status::Ok => 0,
+            Status::Warn => 1,
+            Status::Fail => 2,
+        }] += 1;
+        self.tally.set(t);
+        match &self.bar {
+            Some(bar) => {
+                bar.suspend(|| print(r, format));
+                self.redraw(bar.position());
+            }
+            None => print(r, format),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
