@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod doctor;
 mod probe;
 mod serve;
 
@@ -51,6 +52,13 @@ enum Command {
         after_help = "Examples:\n  plumb probe http://example.com/ https://example.com/\n  plumb probe tcp://db.internal:5432 -4 --count 10 --every 2s\n  plumb probe http://api.test/health --resolve api.test:80:10.0.0.7 --warn 300ms --format json\n\nExit 0 when every address was ok or warn, 1 when any failed."
     )]
     Probe(probe::ProbeArgs),
+    /// Run checks against a target and name what is wrong, with evidence and a fix.
+    #[command(
+        after_help = "Checks: addresses (every address, several times), syn (SYN retransmissions on \
+sequential connects), idle-hold (a request while idle connections are held), http (where the \
+time goes).\n\nExamples:\n  plumb doctor http://api.internal/health\n  plumb doctor https://shop.test/ --check syn,addresses --format json\n\nExit 0 when no check found a problem, 1 when one did, 2 on a usage error."
+    )]
+    Doctor(doctor::DoctorArgs),
     /// Three local HTTP origins with plumb in front; no file, no setup. Ctrl-C stops it.
     #[command(
         after_help = "Examples:\n  plumb demo\n  plumb demo --listen 127.0.0.1:0 --tcp-listen 127.0.0.1:0 --admin 127.0.0.1:0 --balance least_conn\n  then: curl http://127.0.0.1:8080/   (again and again: each origin answers in turn)"
@@ -103,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve::run(&config),
         Command::Check { config, format } => Ok(check::run(&config, format)),
         Command::Probe(a) => probe::run(a),
+        Command::Doctor(a) => doctor::run(a),
         Command::Demo {
             listen,
             tcp_listen,

@@ -75,7 +75,7 @@ pub struct ProbeArgs {
     metrics_listen: Option<SocketAddr>,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+pub(super) fn duration(s: &str) -> Result<Duration, String> {
     plumb_config::parse_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration (such as 250ms, 5s, 2m)"))
 }
@@ -98,7 +98,7 @@ fn status_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-fn header(s: &str) -> Result<(String, String), String> {
+pub(super) fn header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?} is not a header (\"Name: value\")"))?;

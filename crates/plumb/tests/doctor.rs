@@ -1,0 +1,245 @@
+//! `plumb doctor` against fault servers built for the test on loopback: each check
+//! must give the right verdict, and a healthy server must pass every check.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    reason = "a test driving the binary: wall-clock deadlines; a panic is the report"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn doctor(args: &[&str]) -> (i32, Vec<Value>, String) {
+    let mut all = vec!["doctor", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(&all)
+        .output()
+        .unwrap();
+    let findings = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        findings,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn verdicts(findings: &[Value]) -> Vec<(String, String)> {
+    findings
+        .iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap().to_string(),
+                f["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Reads requests and answers each with 200 until the client closes.
+fn serve_conn(mut s: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            head.drain(..end + 4);
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A healthy server: a thread per connection, accepting as fast as it can.
+fn healthy_on(l: TcpListener) -> SocketAddr {
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || serve_conn(s));
+        }
+    });
+    addr
+}
+
+/// Incident 004's backend: one connection at a time, to its end.
+fn single_threaded() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            serve_conn(s);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_healthy_server_passes_every_check() {
+    let addr = healthy_on(TcpListener::bind("127.0.0.1:0").unwrap());
+    let (code, f, err) = doctor(&[&format!("http://{addr}/")]);
+    assert_eq!(
+        verdicts(&f),
+        [
+            ("addresses".into(), "pass".into()),
+            ("syn".into(), "pass".into()),
+            ("idle-hold".into(), "pass".into()),
+            ("http".into(), "pass".into()),
+        ],
+        "{f:#?} {err}"
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        f[1]["evidence"]["addresses"][addr.to_string()]["connects"],
+        20
+    );
+    assert_eq!(f[2]["evidence"]["idle_connections_held"], 8);
+}
+
+#[test]
+fn the_bad_address_of_two_is_named_with_how_it_fails() {
+    let good = healthy_on(TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = good.port();
+    // The sibling on 127.0.0.2 accepts and resets (SO_LINGER 0, close).
+    let bad = TcpListener::bind(("127.0.0.2", port)).unwrap();
+    thread::spawn(move || {
+        for s in bad.incoming().flatten() {
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            thread::sleep(Duration::from_millis(20));
+            drop(s);
+        }
+    });
+    let (code, f, err) = doctor(&[
+        &format!("http://svc.test:{port}/"),
+        "--resolve",
+        &format!("svc.test:{port}:127.0.0.1,127.0.0.2"),
+        "--check",
+        "addresses",
+    ]);
+    assert_eq!(code, 1, "{f:?} {err}");
+    assert_eq!(f[0]["verdict"], "problem", "{f:?}");
+    let summary = f[0]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!(
+            "1 of 2 addresses failed: 127.0.0.2:{port} (5 of 5: reset"
+        )),
+        "{summary}"
+    );
+    assert!(!summary.contains("127.0.0.1"), "{summary}");
+    assert_eq!(
+        f[0]["evidence"]["addresses"][format!("127.0.0.2:{port}")]["causes"]["reset"],
+        5,
+        "{f:?}"
+    );
+}
+
+#[test]
+fn a_listener_that_never_accepts_is_a_syn_problem() {
+    // Backlog 0 and two fillers: the accept queue is full, later SYNs are dropped.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let _fillers: Vec<TcpStream> = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    let started = Instant::now();
+    let (code, f, err) = doctor(&[
+        &format!("tcp://{addr}"),
+        "--check",
+        "syn",
+        "--connects",
+        "3",
+    ]);
+    assert_eq!(code, 1, "{f:?} {err}");
+    assert_eq!(f[0]["verdict"], "problem", "{f:?}");
+    let ev = &f[0]["evidence"]["addresses"][addr.to_string()];
+    let hurt = ev["needed_syn_retransmit"].as_u64().unwrap() + ev["timed_out"].as_u64().unwrap();
+    assert!(hurt >= 1, "{ev}");
+    assert!(
+        f[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("SYNs go unanswered"),
+        "{f:?}"
+    );
+    // Three connects of at most 3 s each.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(s);
+}
+
+#[test]
+fn a_single_threaded_server_starved_by_idle_connections_is_named() {
+    let addr = single_threaded();
+    let (code, f, err) = doctor(&[&format!("http://{addr}/"), "--check", "idle-hold,http"]);
+    assert_eq!(
+        verdicts(&f),
+        [
+            ("idle-hold".into(), "problem".into()),
+            ("http".into(), "pass".into()),
+        ],
+        "{f:#?} {err}"
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        f[0]["evidence"]["with_idle"]["cause"], "response_timeout",
+        "{f:?}"
+    );
+    assert_eq!(f[0]["evidence"]["without_idle"]["status"], "ok", "{f:?}");
+    assert!(
+        f[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("one connection at a time"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn checks_that_do_not_apply_say_inconclusive_and_bad_flags_are_usage_errors() {
+    let addr = healthy_on(TcpListener::bind("127.0.0.1:0").unwrap());
+    let (code, f, err) = doctor(&[&format!("tcp://{addr}"), "--check", "idle-hold,http"]);
+    assert_eq!(
+        verdicts(&f),
+        [
+            ("idle-hold".into(), "inconclusive".into()),
+            ("http".into(), "inconclusive".into()),
+        ],
+        "{err}"
+    );
+    assert_eq!(code, 0);
+    for (args, needle) in [
+        (
+            vec!["http://127.0.0.1:1/", "--check", "nope"],
+            "\"nope\" is not a check",
+        ),
+        (vec!["ftp://x.test/"], "ftp"),
+        (vec!["http://127.0.0.1:1/", "--rounds", "0"], "--rounds"),
+    ] {
+        let (code, _, err) = doctor(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
