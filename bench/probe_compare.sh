@@ -8,7 +8,7 @@
 #   N=60 KEEP=/tmp/pc bench/probe_compare.sh   # more samples, keep the raw data
 #
 # Targets, all on 127.0.0.1 (nothing else is contacted):
-#   http-fast   a Python HTTP/1.1 server, 300-byte body at once
+#   http-fast   a Python asyncio HTTP/1.1 server: 300-byte body, head and body in one write
 #   http-slow   the same server, sleeping 100 ms before answering
 #   https-fast  openssl s_server -www, RSA-2048 self-signed cert made here
 #   https-slow  the Python server behind TLS (same cert), sleeping 100 ms
@@ -94,36 +94,36 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>"$WORK/openssl-req.log"
 
 cat >"$WORK/origin.py" <<'EOF'
-# Loopback origin: /slow sleeps 100 ms before answering; one connection per request.
-import ssl, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+# Loopback origin (asyncio, one thread): reads the request head, sleeps 100 ms for
+# /slow, answers with head and body in one write, closes. TLS when given a cert.
+import asyncio, ssl, sys
 
 BODY = b"plumb probe_compare\n" * 15  # 300 bytes
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % len(BODY)) + BODY
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        if self.path.startswith("/slow"):
-            time.sleep(0.1)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(BODY)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(BODY)
-        self.close_connection = True
-
-    def log_message(self, *args):
+async def handle(reader, writer):
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if head.split(b" ", 2)[1].startswith(b"/slow"):
+            await asyncio.sleep(0.1)
+        writer.write(RESPONSE)
+        await writer.drain()
+    except Exception:
         pass
+    finally:
+        writer.close()
 
-port = int(sys.argv[1])
-server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-if len(sys.argv) > 2:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
+async def main():
+    ctx = None
+    if len(sys.argv) > 2:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), ssl=ctx)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
 EOF
 
 python3 "$WORK/origin.py" "$P_HTTP" >"$WORK/origin-http.log" 2>&1 &

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 
 use crate::{probe_address, Options, ProbeResult, Scheme, Status, Target};
 
+mod mtu;
+
 /// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,7 +54,7 @@ pub struct Finding {
 }
 
 /// The checks, in the order they run.
-pub const CHECKS: &[&str] = &["addresses", "syn", "idle-hold", "http"];
+pub const CHECKS: &[&str] = &["addresses", "syn", "idle-hold", "mtu", "http"];
 
 /// What every check of a run shares.
 #[derive(Debug, Clone)]
@@ -80,6 +82,7 @@ impl Doctor {
             "addresses" => self.addresses().await,
             "syn" => self.syn().await,
             "idle-hold" => self.idle_hold().await,
+            "mtu" => self.mtu().await,
             "http" => self.http().await,
             _ => return None,
         })

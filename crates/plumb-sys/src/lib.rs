@@ -2,7 +2,7 @@
 //!
 //! Each socket option is a safe function over anything that owns a file descriptor
 //! (`AsFd`), so the same call works on a `std`, `tokio` or `socket2` socket. Most go
-//! through `socket2`; the few that `socket2` does not cover (`TCP_INFO`) go through two
+//! through `socket2`; the few that `socket2` does not cover (`TCP_INFO`, `IP_MTU_DISCOVER`) go through
 //! tiny `unsafe` helpers in [`raw`], each with a `SAFETY` comment. No other plumb crate
 //! contains `unsafe` code.
 //!
@@ -79,6 +79,28 @@ pub fn set_mss(sock: &impl AsFd, mss: u32) -> io::Result<()> {
 /// after it, the MSS in use for sending.
 pub fn mss(sock: &impl AsFd) -> io::Result<u32> {
     SockRef::from(sock).tcp_mss()
+}
+
+/// Clears the don't-fragment bit on the socket's packets (`IP_MTU_DISCOVER` /
+/// `IPV6_MTU_DISCOVER` = `PMTUDISC_DONT`): a router on a smaller-MTU path then
+/// fragments instead of dropping and sending ICMP "fragmentation needed". If a
+/// request that stalled goes through this way, the path's ICMP is being lost. For
+/// IPv6 routers never fragment; the option only stops the kernel's own PMTU use.
+pub fn set_dont_fragment_off(sock: &impl AsFd, ipv6: bool) -> io::Result<()> {
+    let (level, name, value) = if ipv6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        )
+    };
+    raw::setsockopt_int(sock.as_fd(), level, name, value)
 }
 
 /// Arms `SO_LINGER` with a zero timeout, so that closing the socket sends an RST

@@ -1,4 +1,4 @@
-//! The two calls into libc that socket2 does not cover. Every `unsafe` block of plumb
+//! The calls into libc that socket2 does not cover. Every `unsafe` block of plumb
 //! is in this file.
 
 use std::io;
@@ -41,4 +41,29 @@ pub(crate) fn getsockopt<T: Pod>(
     // including a partial write over zeroes, a valid `T`.
     let value = unsafe { value.assume_init() };
     Ok((value, len as usize))
+}
+
+/// `setsockopt` of one `c_int` value.
+pub(crate) fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `fd` is a live descriptor for the duration of the borrow; the kernel
+    // reads exactly `size_of::<c_int>()` bytes from `&value`, which lives across the
+    // call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast::<libc::c_void>(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -189,3 +189,97 @@ fn a_path_mtu_black_hole_is_flagged_from_tcp_info() {
     let c = &table.as_array().unwrap()[0];
     assert_eq!(c["upstream_tcp"]["suspected_blackhole"], false, "{c}");
 }
+
+#[test]
+fn doctor_finds_the_black_hole_and_its_size() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns(format!("plumb-bhd-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
+    assert!(in_ns(&ns.0, &["ip", "link", "set", "lo", "up"])
+        .status()
+        .unwrap()
+        .success());
+    let port = 18081;
+    // Packets to the server longer than 1200 bytes vanish, with no ICMP.
+    let rules = format!(
+        "table inet bh {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} meta length > 1200 drop\n  }}\n}}\n"
+    );
+    let mut nft = in_ns(&ns.0, &["nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "nft refused:\n{rules}");
+    let _server = Proc(
+        in_ns(
+            &ns.0,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    let out = in_ns(
+        &ns.0,
+        &[
+            env!("CARGO_BIN_EXE_plumb"),
+            "doctor",
+            &format!("http://127.0.0.1:{port}/"),
+            "--check",
+            "mtu",
+            "--format",
+            "json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{f:#}");
+    assert_eq!(f["verdict"], "problem", "{f:#}");
+    let ev = &f["evidence"];
+    // 1200-byte packets carry 1148 bytes of payload with timestamps (52 bytes of
+    // headers); the bisection stops within 8 bytes.
+    let lo = ev["largest_acknowledged"].as_u64().unwrap();
+    assert!((1140..=1148).contains(&lo), "{f:#}");
+    let mtu = ev["path_mtu_estimate"].as_u64().unwrap();
+    assert!((1192..=1200).contains(&mtu), "{f:#}");
+    assert_eq!(ev["with_mss_clamped"]["result"], "acknowledged", "{f:#}");
+    let stalled = ev["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["result"] == "stalled")
+        .unwrap();
+    assert!(
+        stalled["tcp_info"]["unacked"].as_u64().unwrap() > 0
+            && stalled["tcp_info"]["total_retrans"].as_u64().unwrap() > 0,
+        "{stalled}"
+    );
+    assert!(
+        f["summary"].as_str().unwrap().contains("MTU black hole"),
+        "{f:#}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -99,6 +99,7 @@ fn a_healthy_server_passes_every_check() {
             ("addresses".into(), "pass".into()),
             ("syn".into(), "pass".into()),
             ("idle-hold".into(), "pass".into()),
+            ("mtu".into(), "pass".into()),
             ("http".into(), "pass".into()),
         ],
         "{f:#?} {err}"
@@ -242,4 +243,39 @@ fn checks_that_do_not_apply_say_inconclusive_and_bad_flags_are_usage_errors() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn mtu_passes_on_loopback_and_is_inconclusive_when_the_mss_leaves_no_room() {
+    let addr = healthy_on(TcpListener::bind("127.0.0.1:0").unwrap());
+    let (code, f, err) = doctor(&[&format!("http://{addr}/"), "--check", "mtu"]);
+    assert_eq!(verdicts(&f), [("mtu".into(), "pass".into())], "{f:?} {err}");
+    assert_eq!(code, 0);
+    let trials = f[0]["evidence"]["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2, "{f:?}");
+    assert!(trials[1]["size"].as_u64().unwrap() > 16_000, "{f:?}");
+    assert_eq!(trials[1]["result"], "acknowledged");
+
+    // A server advertising MSS 500: no segment can be larger than the smallest
+    // request, so the test cannot trigger; it must not claim a pass.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_tcp_mss(500).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(16).unwrap();
+    let addr = healthy_on(s.into());
+    let (code, f, err) = doctor(&[&format!("http://{addr}/"), "--check", "mtu"]);
+    assert_eq!(
+        verdicts(&f),
+        [("mtu".into(), "inconclusive".into())],
+        "{f:?} {err}"
+    );
+    assert_eq!(code, 0);
+    assert!(
+        f[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no larger than the smallest request"),
+        "{f:?}"
+    );
 }
