@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::{probe_address, Options, ProbeResult, Scheme, Status, Target};
 
+mod idle_timeout;
 mod mtu;
 
 /// A check's verdict.
@@ -53,8 +54,19 @@ pub struct Finding {
     pub suggestion: String,
 }
 
-/// The checks, in the order they run.
-pub const CHECKS: &[&str] = &["addresses", "syn", "idle-hold", "mtu", "http"];
+/// Every check, in the order they run.
+pub const CHECKS: &[&str] = &[
+    "addresses",
+    "syn",
+    "idle-hold",
+    "mtu",
+    "idle-timeout",
+    "http",
+];
+
+/// The checks of a default run, which finishes in well under two minutes;
+/// `idle-timeout` holds connections for up to `max_idle` and is opt-in.
+pub const DEFAULT_CHECKS: &[&str] = &["addresses", "syn", "idle-hold", "mtu", "http"];
 
 /// What every check of a run shares.
 #[derive(Debug, Clone)]
@@ -73,6 +85,8 @@ pub struct Doctor {
     pub connects: u32,
     /// Idle connections held in `idle-hold`.
     pub idle_conns: u32,
+    /// The longest idle time `idle-timeout` tries.
+    pub max_idle: Duration,
 }
 
 impl Doctor {
@@ -83,6 +97,7 @@ impl Doctor {
             "syn" => self.syn().await,
             "idle-hold" => self.idle_hold().await,
             "mtu" => self.mtu().await,
+            "idle-timeout" => self.idle_timeout().await,
             "http" => self.http().await,
             _ => return None,
         })

@@ -279,3 +279,133 @@ fn mtu_passes_on_loopback_and_is_inconclusive_when_the_mss_leaves_no_room() {
         "{f:?}"
     );
 }
+
+/// What an idle-limited server does to a connection idle for longer than its limit.
+#[derive(Clone, Copy)]
+enum OnIdle {
+    Fin,
+    Rst,
+    GoSilent,
+}
+
+/// Answers requests; a connection idle for `limit` gets `on_idle`.
+fn idle_limited(limit: Duration, on_idle: OnIdle) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = s;
+                s.set_read_timeout(Some(limit)).unwrap();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match on_idle {
+                    OnIdle::Fin => drop(s),
+                    OnIdle::Rst => {
+                        socket2::SockRef::from(&s)
+                            .set_linger(Some(Duration::ZERO))
+                            .unwrap();
+                        drop(s);
+                    }
+                    // Never reads or answers again; the kernel still acknowledges.
+                    OnIdle::GoSilent => thread::sleep(Duration::from_secs(30)),
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn idle_timeout(addr: SocketAddr) -> Value {
+    let (code, f, err) = doctor(&[
+        &format!("http://{addr}/"),
+        "--check",
+        "idle-timeout",
+        "--max-idle",
+        "4s",
+    ]);
+    assert_eq!(f.len(), 1, "{err}");
+    assert_eq!(code, i32::from(f[0]["verdict"] == "problem"), "{f:?}");
+    f[0].clone()
+}
+
+fn outcomes(f: &Value) -> Vec<(u64, String)> {
+    f["evidence"]["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["idle_s"].as_f64().unwrap() as u64,
+                h["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn idle_timeout_names_the_idle_time_and_how_the_connection_dies() {
+    let limit = Duration::from_millis(2500);
+    let fin = idle_limited(limit, OnIdle::Fin);
+    let rst = idle_limited(limit, OnIdle::Rst);
+    let silent = idle_limited(limit, OnIdle::GoSilent);
+    let healthy = healthy_on(TcpListener::bind("127.0.0.1:0").unwrap());
+    // The four run at once: each takes the idle times plus the answer wait.
+    let runs: Vec<_> = [fin, rst, silent, healthy]
+        .into_iter()
+        .map(|a| thread::spawn(move || idle_timeout(a)))
+        .collect();
+    let [fin, rst, silent, healthy]: [Value; 4] = runs
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    // Idle 1 s, 2 s, 4 s, then 3 s between the last good and the first bad.
+    let expect = |how: &str| {
+        vec![
+            (1, "answered".to_string()),
+            (2, "answered".to_string()),
+            (3, how.to_string()),
+            (4, how.to_string()),
+        ]
+    };
+    assert_eq!(outcomes(&fin), expect("fin"), "{fin:#}");
+    assert_eq!(outcomes(&rst), expect("rst"), "{rst:#}");
+    assert_eq!(
+        outcomes(&silent),
+        expect("acknowledged_no_answer"),
+        "{silent:#}"
+    );
+    for f in [&fin, &rst, &silent] {
+        assert_eq!(f["verdict"], "problem");
+        assert!(
+            f["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("connections idle for 2 s worked, after 3 s"),
+            "{f:#}"
+        );
+    }
+    assert!(silent["summary"]
+        .as_str()
+        .unwrap()
+        .contains("never answered"));
+    assert_eq!(healthy["verdict"], "pass", "{healthy:#}");
+    assert_eq!(
+        outcomes(&healthy),
+        [
+            (1, "answered".to_string()),
+            (2, "answered".to_string()),
+            (4, "answered".to_string())
+        ]
+    );
+}

@@ -69,7 +69,7 @@ struct Setup {
 impl Doctor {
     /// A request for this target padded (with an `X-Plumb-Pad` header) to `size`
     /// bytes, or the unpadded request if that is already longer.
-    fn padded_request(&self, size: usize) -> Vec<u8> {
+    pub(super) fn padded_request(&self, size: usize) -> Vec<u8> {
         let t = &self.target;
         let head = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nX-Plumb-Pad: ",
@@ -329,6 +329,7 @@ mod tests {
             rounds: 1,
             connects: 1,
             idle_conns: 1,
+            max_idle: Duration::from_secs(1),
         }
     }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use plumb_probe::doctor::{Doctor, Finding, Verdict, CHECKS};
+use plumb_probe::doctor::{Doctor, Finding, Verdict, CHECKS, DEFAULT_CHECKS};
 use plumb_probe::{Family, Options, Target};
 
 use super::probe::{duration, header};
@@ -18,7 +18,8 @@ pub struct DoctorArgs {
     #[arg(value_name = "URL")]
     url: String,
     /// Run only these checks (repeatable or comma-separated): addresses, syn,
-    /// idle-hold, http.
+    /// idle-hold, mtu, idle-timeout, http. The default is all but idle-timeout
+    /// (which --max-idle also turns on).
     #[arg(long = "check", value_name = "NAME", value_delimiter = ',')]
     checks: Vec<String>,
     /// Only IPv4 addresses.
@@ -51,6 +52,10 @@ pub struct DoctorArgs {
     /// Idle connections held in the `idle-hold` check.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     idle_conns: u32,
+    /// The longest idle time the idle-timeout check tries (connections are held
+    /// 1 s, 2 s, 4 s... up to this, all at once, then bisected).
+    #[arg(long, value_parser = duration)]
+    max_idle: Option<Duration>,
     /// Output: text (findings and a summary table), or json (one object per finding).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -66,7 +71,11 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return usage(e.to_string()),
     };
     let checks: Vec<&'static str> = if a.checks.is_empty() {
-        CHECKS.to_vec()
+        let mut all = DEFAULT_CHECKS.to_vec();
+        if a.max_idle.is_some() {
+            all.insert(all.len() - 1, "idle-timeout");
+        }
+        all
     } else {
         let mut out = Vec::new();
         for c in &a.checks {
@@ -82,6 +91,13 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
         out
     };
+    if let Some(d) = a.max_idle {
+        if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+            return usage(format!(
+                "--max-idle {d:?}: must be between 1s and 1h (connections are held that long)"
+            ));
+        }
+    }
     let tls = if target.scheme == plumb_probe::Scheme::Https {
         match plumb_probe::client_config(a.cacert.as_deref(), a.insecure) {
             Ok(c) => Some(c),
@@ -131,6 +147,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
             rounds: a.rounds,
             connects: a.connects,
             idle_conns: a.idle_conns,
+            max_idle: a.max_idle.unwrap_or(Duration::from_secs(120)),
         };
         let mut findings = Vec::new();
         for check in checks {
