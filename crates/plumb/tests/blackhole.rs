@@ -1,3 +1,5 @@
+//! Network faults made with nftables in namespaces these tests create and delete.
+//!
 //! Incident 000 in miniature: a path that silently drops every segment larger than
 //! 1200 bytes from plumb to its client (handshake and ACKs pass), made with nftables
 //! inside a network namespace this test creates and deletes. plumb's connection table
@@ -281,5 +283,113 @@ fn doctor_finds_the_black_hole_and_its_size() {
         started.elapsed() < Duration::from_secs(40),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// Incident 002 in miniature: a stateful middlebox that forgets idle connections
+/// (conntrack's established timeout cut to 3 s, loose pickup off) and drops their
+/// next packets as invalid, without a word.
+#[test]
+fn doctor_finds_the_idle_timeout_of_a_forgetful_middlebox() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns(format!("plumb-idle-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
+    assert!(in_ns(&ns.0, &["ip", "link", "set", "lo", "up"])
+        .status()
+        .unwrap()
+        .success());
+    let port = 18085;
+    let rules = format!(
+        "table inet idle {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} ct state invalid drop\n  }}\n}}\n"
+    );
+    let mut nft = in_ns(&ns.0, &["nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "nft refused:\n{rules}");
+    // The conntrack sysctls exist once the rules have loaded conntrack; they are
+    // per network namespace.
+    assert!(in_ns(
+        &ns.0,
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_tcp_timeout_established=3",
+            "net.netfilter.nf_conntrack_tcp_loose=0",
+        ],
+    )
+    .status()
+    .unwrap()
+    .success());
+    let _server = Proc(
+        in_ns(
+            &ns.0,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let out = in_ns(
+        &ns.0,
+        &[
+            env!("CARGO_BIN_EXE_plumb"),
+            "doctor",
+            &format!("http://127.0.0.1:{port}/"),
+            "--check",
+            "idle-timeout",
+            "--max-idle",
+            "8s",
+            "--format",
+            "json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{f:#}");
+    let held: Vec<(u64, String)> = f["evidence"]["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["idle_s"].as_f64().unwrap() as u64,
+                h["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // Idle 1 s and 2 s answered; from 3 s (the conntrack timeout) the request is
+    // never acknowledged: silence, not a FIN or an RST.
+    assert_eq!(
+        &held[..2],
+        &[(1, "answered".into()), (2, "answered".into())],
+        "{f:#}"
+    );
+    assert!(held[2..].iter().all(|(_, o)| o == "silence"), "{f:#}");
+    assert!(
+        f["summary"].as_str().unwrap().starts_with(
+            "connections idle for 2 s worked, after 3 s the request went unacknowledged"
+        ),
+        "{f:#}"
     );
 }

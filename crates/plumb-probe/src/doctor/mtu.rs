@@ -64,6 +64,10 @@ struct Setup {
     clamp: Option<u32>,
     /// Clear don't-fragment.
     df_off: bool,
+    /// Send one segment at a time, each after the last was acknowledged, so the
+    /// kernel cannot coalesce them (GSO on loopback and veth hands a path's filter
+    /// one large packet where a real NIC would send several).
+    one_segment_at_a_time: bool,
 }
 
 impl Doctor {
@@ -114,8 +118,25 @@ impl Doctor {
         let snd_mss = plumb_sys::tcp_info(&stream).map_or(0, |i| i.snd_mss);
         let request = self.padded_request(size);
         let started = Instant::now();
-        if let Err(e) = stream.write_all(&request).await {
-            return Trial::Failed(format!("write: {e}"));
+        let chunk = if setup.one_segment_at_a_time && snd_mss > 0 {
+            snd_mss as usize
+        } else {
+            request.len()
+        };
+        let mut chunks = request.chunks(chunk).peekable();
+        while let Some(part) = chunks.next() {
+            if let Err(e) = stream.write_all(part).await {
+                return Trial::Failed(format!("write: {e}"));
+            }
+            if chunks.peek().is_none() {
+                break;
+            }
+            // Wait for this segment's acknowledgement before the next.
+            while plumb_sys::tcp_info(&stream).is_ok_and(|i| i.unacked > 0)
+                && started.elapsed() < STALL
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         loop {
             let info = match plumb_sys::tcp_info(&stream) {
@@ -242,10 +263,11 @@ impl Doctor {
         let clamped = self
             .trial(
                 addr,
-                mss,
+                hi,
                 Setup {
                     clamp: Some(clamp),
-                    df_off: false,
+                    one_segment_at_a_time: true,
+                    ..Setup::default()
                 },
             )
             .await;
@@ -254,8 +276,8 @@ impl Doctor {
                 addr,
                 hi,
                 Setup {
-                    clamp: None,
                     df_off: true,
+                    ..Setup::default()
                 },
             )
             .await;
@@ -269,7 +291,7 @@ impl Doctor {
             "header_bytes": header,
             "path_mtu_estimate": lo + header,
             "trials": trials,
-            "with_mss_clamped": clamped.evidence(mss),
+            "with_mss_clamped": clamped.evidence(hi),
             "with_dont_fragment_cleared": unfragmented.evidence(hi),
         });
         if !clamped_ok && !df_ok {
