@@ -409,3 +409,31 @@ fn idle_timeout_names_the_idle_time_and_how_the_connection_dies() {
         ]
     );
 }
+
+#[test]
+fn a_page_near_the_monitor_timeout_is_a_problem_naming_the_slow_phase() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                thread::sleep(Duration::from_millis(2700));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            });
+        }
+    });
+    let (code, f, err) = doctor(&[&format!("http://{addr}/"), "--check", "http"]);
+    assert_eq!(verdicts(&f), [("http".into(), "problem".into())], "{err}");
+    assert_eq!(code, 1);
+    let summary = f[0]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("most of it ttfb (server think time)") && summary.contains("5 s"),
+        "{summary}"
+    );
+    assert!(
+        f[0]["evidence"]["ttfb"].as_f64().unwrap() >= 2700.0,
+        "{f:?}"
+    );
+}
