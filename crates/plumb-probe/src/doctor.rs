@@ -227,6 +227,7 @@ impl Doctor {
         let mut evidence = BTreeMap::new();
         let mut bad = Vec::new();
         let mut total_connects = 0;
+        let mut total_ok = 0;
         'addrs: for &addr in &self.addrs {
             let mut times = Vec::new();
             let (mut retransmitted, mut syns, mut timeouts, mut other) = (0u32, 0u32, 0u32, 0u32);
@@ -244,7 +245,10 @@ impl Doctor {
                 match (r.status, r.cause) {
                     (Status::Fail, Some("connect_timeout")) => timeouts += 1,
                     (Status::Fail, _) => other += 1,
-                    _ => times.push(r.connect.unwrap_or(r.total)),
+                    _ => {
+                        total_ok += 1;
+                        times.push(r.connect.unwrap_or(r.total));
+                    }
                 }
                 // Three timeouts say enough and would eat the budget.
                 if timeouts >= 3 {
@@ -283,7 +287,18 @@ impl Doctor {
                 "TCPSynRetrans": a.syn_retrans.saturating_sub(b.syn_retrans),
             });
         }
-        if bad.is_empty() {
+        if bad.is_empty() && total_ok == 0 {
+            Finding {
+                check: "syn",
+                verdict: Verdict::Inconclusive,
+                summary: format!(
+                    "none of {total_connects} connects completed (refused or failed without a \
+                     SYN retransmission); see the addresses check"
+                ),
+                evidence,
+                suggestion: String::new(),
+            }
+        } else if bad.is_empty() {
             Finding {
                 check: "syn",
                 verdict: Verdict::Pass,

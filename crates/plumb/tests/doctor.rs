@@ -231,6 +231,17 @@ fn checks_that_do_not_apply_say_inconclusive_and_bad_flags_are_usage_errors() {
         "{err}"
     );
     assert_eq!(code, 0);
+    // Every connect refused: SYNs are answered (with RST), so syn cannot judge.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (_, f, _) = doctor(&[&format!("tcp://{refused}"), "--check", "syn"]);
+    assert_eq!(
+        verdicts(&f),
+        [("syn".into(), "inconclusive".into())],
+        "{f:?}"
+    );
     for (args, needle) in [
         (
             vec!["http://127.0.0.1:1/", "--check", "nope"],
