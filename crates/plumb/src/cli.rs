@@ -122,6 +122,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A multi-threaded runtime with `workers` threads (default: one per core).
+/// The runtime of a measuring command (probe, doctor): one thread, so a socket's
+/// readiness is seen by the task that waits for it without a hand-off between
+/// threads that would add to the times measured.
+fn measuring_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();

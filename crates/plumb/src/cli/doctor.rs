@@ -122,7 +122,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
         headers: a.headers.clone(),
         data: None,
     };
-    let rt = super::runtime(Some(1))?;
+    let rt = super::measuring_runtime()?;
     let findings = rt.block_on(async {
         let resolved =
             match plumb_probe::resolve(&target.host, target.port, family, &a.resolve).await {

@@ -164,7 +164,7 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let rt = super::runtime(Some(1))?;
+    let rt = super::measuring_runtime()?;
     let summary = rt.block_on(async {
         let exported = match metrics_listener {
             Some(l) => {
