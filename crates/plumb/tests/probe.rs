@@ -473,3 +473,27 @@ fn metrics_listen_exports_each_address_on_its_own() {
     let (head, _) = get(&addr, "/nope");
     assert!(head.contains(" 404 "), "{head}");
 }
+
+#[test]
+fn ctrl_c_ends_a_continuous_run_with_the_summary() {
+    let bad = refusing();
+    let child = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["probe", &format!("tcp://{bad}"), "--every", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(700));
+    // SIGINT to this child's PID, as a terminal's Ctrl-C would.
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("summary (per address"), "{text}");
+    assert!(text.contains("0.0% succeeded"), "{text}");
+    assert!(text.contains("causes: connect_refused x"), "{text}");
+}
