@@ -71,12 +71,10 @@ fn in_ns(ns: &str, args: &[&str]) -> Command {
     c
 }
 
-#[test]
-fn a_path_mtu_black_hole_is_flagged_from_tcp_info() {
-    if !can_run() {
-        return;
-    }
-    let ns = Netns(format!("plumb-bh-{}", std::process::id()));
+/// A new network namespace with its loopback up and these nftables rules loaded;
+/// deleted when dropped.
+fn lab(prefix: &str, rules: &str) -> Netns {
+    let ns = Netns(format!("{prefix}-{}", std::process::id()));
     assert!(Command::new("ip")
         .args(["netns", "add", &ns.0])
         .status()
@@ -86,15 +84,6 @@ fn a_path_mtu_black_hole_is_flagged_from_tcp_info() {
         .status()
         .unwrap()
         .success());
-    let (listen, backend, admin) = (18080, 18090, 18901);
-    // Segments from plumb's listener port longer than 1200 bytes vanish on the way
-    // in to the client (dropped at input, so plumb's kernel believes them sent, as
-    // with a real path); nothing says so (no ICMP): a black hole for full-size
-    // packets only. Dropping them at output instead would hand plumb's TCP a local
-    // error, which it treats differently from loss on the path.
-    let rules = format!(
-        "table inet bh {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp sport {listen} meta length > 1200 drop\n  }}\n}}\n"
-    );
     let mut nft = in_ns(&ns.0, &["nft", "-f", "-"])
         .stdin(Stdio::piped())
         .spawn()
@@ -104,6 +93,48 @@ fn a_path_mtu_black_hole_is_flagged_from_tcp_info() {
         nft.wait().unwrap().success(),
         "nft refused the rules:\n{rules}"
     );
+    ns
+}
+
+/// Python's threaded HTTP server on 127.0.0.1:`port` inside `ns`, given time to
+/// start; killed when dropped.
+fn python_http(ns: &Netns, port: u16) -> Proc {
+    let p = Proc(
+        in_ns(
+            &ns.0,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    p
+}
+
+#[test]
+fn a_path_mtu_black_hole_is_flagged_from_tcp_info() {
+    if !can_run() {
+        return;
+    }
+    let (listen, backend, admin) = (18080, 18090, 18901);
+    // Segments from plumb's listener port longer than 1200 bytes vanish on the way
+    // in to the client (dropped at input, so plumb's kernel believes them sent, as
+    // with a real path); nothing says so (no ICMP): a black hole for full-size
+    // packets only. Dropping them at output instead would hand plumb's TCP a local
+    // error, which it treats differently from loss on the path.
+    let rules = format!(
+        "table inet bh {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp sport {listen} meta length > 1200 drop\n  }}\n}}\n"
+    );
+    let ns = lab("plumb-bh", &rules);
 
     // A backend that sends 64 KiB to every connection and keeps it open.
     let _backend = Proc(
@@ -197,45 +228,13 @@ fn doctor_finds_the_black_hole_and_its_size() {
     if !can_run() {
         return;
     }
-    let ns = Netns(format!("plumb-bhd-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
-    assert!(in_ns(&ns.0, &["ip", "link", "set", "lo", "up"])
-        .status()
-        .unwrap()
-        .success());
     let port = 18081;
     // Packets to the server longer than 1200 bytes vanish, with no ICMP.
     let rules = format!(
         "table inet bh {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} meta length > 1200 drop\n  }}\n}}\n"
     );
-    let mut nft = in_ns(&ns.0, &["nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-    assert!(nft.wait().unwrap().success(), "nft refused:\n{rules}");
-    let _server = Proc(
-        in_ns(
-            &ns.0,
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let ns = lab("plumb-bhd", &rules);
+    let _server = python_http(&ns, port);
     let started = Instant::now();
     let out = in_ns(
         &ns.0,
@@ -294,26 +293,11 @@ fn doctor_finds_the_idle_timeout_of_a_forgetful_middlebox() {
     if !can_run() {
         return;
     }
-    let ns = Netns(format!("plumb-idle-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
-    assert!(in_ns(&ns.0, &["ip", "link", "set", "lo", "up"])
-        .status()
-        .unwrap()
-        .success());
     let port = 18085;
     let rules = format!(
         "table inet idle {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} ct state invalid drop\n  }}\n}}\n"
     );
-    let mut nft = in_ns(&ns.0, &["nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-    assert!(nft.wait().unwrap().success(), "nft refused:\n{rules}");
+    let ns = lab("plumb-idle", &rules);
     // The conntrack sysctls exist once the rules have loaded conntrack; they are
     // per network namespace.
     assert!(in_ns(
@@ -329,24 +313,7 @@ fn doctor_finds_the_idle_timeout_of_a_forgetful_middlebox() {
     .status()
     .unwrap()
     .success());
-    let _server = Proc(
-        in_ns(
-            &ns.0,
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let _server = python_http(&ns, port);
     let out = in_ns(
         &ns.0,
         &[
