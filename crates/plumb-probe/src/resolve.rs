@@ -78,11 +78,15 @@ pub async fn resolve(
         });
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
+        if !fam_ok(&ip) {
+            return Err(ResolveError {
+                host: host.to_string(),
+                detail: "the address literal is not of the requested family (-4/-6)".into(),
+                took: Duration::ZERO,
+            });
+        }
         return Ok(Resolved {
-            addrs: vec![SocketAddr::new(ip, port)]
-                .into_iter()
-                .filter(|a| fam_ok(&a.ip()))
-                .collect(),
+            addrs: vec![SocketAddr::new(ip, port)],
             took: Duration::ZERO,
         });
     }
@@ -143,6 +147,9 @@ mod tests {
         assert_eq!(r.addrs, vec!["[::1]:80".parse().unwrap()]);
         let r = resolve("127.0.0.2", 9, Family::Both, &[]).await.unwrap();
         assert_eq!(r.addrs, vec!["127.0.0.2:9".parse().unwrap()]);
+        // A literal of the other family is an error, never an empty success.
+        let e = resolve("127.0.0.2", 9, Family::V6, &[]).await.unwrap_err();
+        assert!(e.to_string().contains("not of the requested family"), "{e}");
         // /etc/hosts: localhost resolves without any network.
         let r = resolve("localhost", 9, Family::V4, &[]).await.unwrap();
         assert!(

@@ -87,10 +87,17 @@ impl Doctor {
             return Outcome::NoConnect;
         };
         tokio::time::sleep(idle).await;
-        match plumb_sys::peek_now(&s) {
-            Ok(0) => return Outcome::Fin,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Outcome::Rst,
-            _ => {}
+        // Whatever is already buffered (a server's greeting) answers nothing: drain
+        // it, so that only what arrives after our question counts.
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.try_read(&mut buf) {
+                Ok(0) => return Outcome::Fin,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Outcome::Rst,
+                Err(_) => return Outcome::Silence,
+            }
         }
         if self.target.scheme == Scheme::Tcp {
             // Nothing to send to an unknown protocol: let the kernel ask instead.
@@ -157,11 +164,18 @@ impl Doctor {
             return super::no_address("idle-timeout");
         };
         let mut results = self.hold_all(addr, &schedule(self.max_idle)).await;
+        // A connection that could not even be opened says nothing about idle time.
         let first_bad = |rs: &[(Duration, Outcome)]| {
             rs.iter()
-                .filter(|(_, o)| *o != Outcome::Answered)
+                .filter(|(_, o)| !matches!(o, Outcome::Answered | Outcome::NoConnect))
                 .map(|(d, _)| *d)
                 .min()
+        };
+        let longer_worked = |rs: &[(Duration, Outcome)], bad: Duration| {
+            rs.iter()
+                .filter(|(d, o)| *o == Outcome::Answered && *d > bad)
+                .map(|(d, _)| *d)
+                .max()
         };
         let evidence = |rs: &[(Duration, Outcome)]| -> Value {
             let mut rs = rs.to_vec();
@@ -209,6 +223,22 @@ impl Doctor {
         // Second round: narrow the gap.
         results.extend(self.hold_all(addr, &between(good, bad)).await);
         let bad = first_bad(&results).unwrap_or(bad);
+        if let Some(longer) = longer_worked(&results, bad) {
+            return Finding {
+                check: "idle-timeout",
+                verdict: Verdict::Inconclusive,
+                summary: format!(
+                    "a connection idle for {} s failed but one idle for {} s worked: \
+                     failures that do not grow with idle time are not an idle timeout",
+                    bad.as_secs(),
+                    longer.as_secs()
+                ),
+                evidence: evidence(&results),
+                suggestion: "run it again, and see the addresses check for failures that \
+                             come and go"
+                    .into(),
+            };
+        }
         let good = results
             .iter()
             .filter(|(d, o)| *o == Outcome::Answered && *d < bad)

@@ -152,6 +152,10 @@ impl Doctor {
                 };
             }
             if started.elapsed() >= STALL {
+                // Close with an RST: a plain close would leave the kernel
+                // retransmitting into the hole for minutes and the server holding a
+                // half-received request.
+                let _ = plumb_sys::set_linger_zero(&stream);
                 return Trial::Stalled {
                     info: json!({
                         "unacked": info.unacked,

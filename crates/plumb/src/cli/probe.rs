@@ -340,17 +340,30 @@ async fn on_fail(cmd: &str, r: &ProbeResult) {
         .env("PLUMB_CAUSE", r.cause.unwrap_or(""))
         .env("PLUMB_DETAIL", r.detail.as_deref().unwrap_or(""))
         .env("PLUMB_RESULT", json)
+        // Its own process group, so that a timeout ends everything it started.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     match child {
-        Ok(mut child) => match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(Ok(status)) if !status.success() => {
-                eprintln!("plumb probe: --on-fail exited with {status}")
+        Ok(mut child) => {
+            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                Ok(Ok(status)) if !status.success() => {
+                    eprintln!("plumb probe: --on-fail exited with {status}")
+                }
+                Ok(Err(e)) => eprintln!("plumb probe: --on-fail: {e}"),
+                Err(_) => {
+                    if let Some(pid) = child.id() {
+                        // The group's id is the shell's PID; `kill -- -PGID` signals it all.
+                        let _ = tokio::process::Command::new("kill")
+                            .args(["-KILL", "--", &format!("-{pid}")])
+                            .status()
+                            .await;
+                    }
+                    eprintln!("plumb probe: --on-fail did not finish within 10s; killed it and its children")
+                }
+                _ => {}
             }
-            Ok(Err(e)) => eprintln!("plumb probe: --on-fail: {e}"),
-            Err(_) => eprintln!("plumb probe: --on-fail did not finish within 10s; killed"),
-            _ => {}
-        },
+        }
         Err(e) => eprintln!("plumb probe: cannot run --on-fail: {e}"),
     }
 }

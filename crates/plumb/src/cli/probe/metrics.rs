@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -177,6 +178,9 @@ impl ProbeMetrics {
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<ProbeMetrics>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: back off instead of spinning on the thread
+            // that also measures the probes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let metrics = metrics.clone();
@@ -186,9 +190,9 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<ProbeMetrics>
                 async move { Ok::<_, std::convert::Infallible>(answer(&req, &metrics)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            // A scrape takes milliseconds; a connection gets 30 s in all.
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         });
     }
 }
