@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use plumb_probe::doctor::{Doctor, Finding, Verdict, CHECKS, DEFAULT_CHECKS};
-use plumb_probe::{Family, Options, Target};
+use plumb_probe::{Options, Target};
 
-use super::probe::{duration, header};
+use super::probe::{duration, header, Reach};
 use super::Format;
 
 #[derive(Debug, Args)]
@@ -17,32 +17,19 @@ pub struct DoctorArgs {
     /// http://host[:port]/path, https://host[:port]/path or tcp://host:port.
     #[arg(value_name = "URL")]
     url: String,
+    #[command(flatten)]
+    reach: Reach,
     /// Run only these checks (repeatable or comma-separated): addresses, syn,
     /// idle-hold, mtu, idle-timeout, http. The default is all but idle-timeout
     /// (which --max-idle also turns on).
     #[arg(long = "check", value_name = "NAME", value_delimiter = ',')]
     checks: Vec<String>,
-    /// Only IPv4 addresses.
-    #[arg(short = '4', conflicts_with = "ipv6")]
-    ipv4: bool,
-    /// Only IPv6 addresses.
-    #[arg(short = '6')]
-    ipv6: bool,
-    /// HOST:PORT:ADDR[,ADDR...] as curl's --resolve (repeatable).
-    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
-    resolve: Vec<String>,
     /// Budget of one request.
     #[arg(long, default_value = "5s", value_parser = duration)]
     timeout: Duration,
     /// Extra request header, "Name: value" (repeatable).
     #[arg(short = 'H', long = "header", value_parser = header)]
     headers: Vec<(String, String)>,
-    /// Skip certificate verification (https).
-    #[arg(short = 'k', long)]
-    insecure: bool,
-    /// Trust this PEM CA bundle instead of the system's roots (https).
-    #[arg(long, value_name = "FILE")]
-    cacert: Option<std::path::PathBuf>,
     /// Probes per address in the `addresses` check.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
@@ -99,20 +86,14 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let tls = if target.scheme == plumb_probe::Scheme::Https {
-        match plumb_probe::client_config(a.cacert.as_deref(), a.insecure) {
+        match plumb_probe::client_config(a.reach.cacert.as_deref(), a.reach.insecure) {
             Ok(c) => Some(c),
             Err(e) => return usage(e.to_string()),
         }
     } else {
         None
     };
-    let family = if a.ipv4 {
-        Family::V4
-    } else if a.ipv6 {
-        Family::V6
-    } else {
-        Family::Both
-    };
+    let family = a.reach.family();
     let opts = Options {
         tls,
         timeout: a.timeout,
@@ -125,7 +106,7 @@ pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
     let rt = super::measuring_runtime()?;
     let findings = rt.block_on(async {
         let resolved =
-            match plumb_probe::resolve(&target.host, target.port, family, &a.resolve).await {
+            match plumb_probe::resolve(&target.host, target.port, family, &a.reach.resolve).await {
                 Ok(r) => r,
                 Err(e) => {
                     let f = Finding {

@@ -17,15 +17,8 @@ pub struct ProbeArgs {
     /// http://host[:port]/path, https://host[:port]/path or tcp://host:port.
     #[arg(required = true, value_name = "URL")]
     urls: Vec<String>,
-    /// Only IPv4 addresses.
-    #[arg(short = '4', conflicts_with = "ipv6")]
-    ipv4: bool,
-    /// Only IPv6 addresses.
-    #[arg(short = '6')]
-    ipv6: bool,
-    /// HOST:PORT:ADDR[,ADDR...] as curl's --resolve (repeatable).
-    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
-    resolve: Vec<String>,
+    #[command(flatten)]
+    reach: Reach,
     /// Budget of one probe of one address.
     #[arg(long, default_value = "5s", value_parser = duration)]
     timeout: Duration,
@@ -44,12 +37,6 @@ pub struct ProbeArgs {
     /// Request body.
     #[arg(long)]
     data: Option<String>,
-    /// https: trust the CA certificates in this PEM file (instead of the system's).
-    #[arg(long, value_name = "FILE")]
-    cacert: Option<std::path::PathBuf>,
-    /// https: accept any certificate (the handshake is still timed).
-    #[arg(short = 'k', long)]
-    insecure: bool,
     /// Rounds to run (default 1; with --every or --for, until they end or Ctrl-C).
     #[arg(long)]
     count: Option<u64>,
@@ -73,6 +60,40 @@ pub struct ProbeArgs {
     /// Implies continuous probing (every 15 s unless --every says otherwise).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+}
+
+/// How targets are reached, shared by probe and doctor: address family, curl-style
+/// name overrides, and whom to trust for https.
+#[derive(Debug, Args)]
+pub struct Reach {
+    /// Only IPv4 addresses.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    ipv4: bool,
+    /// Only IPv6 addresses.
+    #[arg(short = '6')]
+    ipv6: bool,
+    /// HOST:PORT:ADDR[,ADDR...] as curl's --resolve (repeatable).
+    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
+    pub resolve: Vec<String>,
+    /// https: trust the CA certificates in this PEM file (instead of the system's).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// https: accept any certificate (the handshake is still timed).
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+}
+
+impl Reach {
+    /// The address families asked for.
+    pub fn family(&self) -> Family {
+        if self.ipv4 {
+            Family::V4
+        } else if self.ipv6 {
+            Family::V6
+        } else {
+            Family::Both
+        }
+    }
 }
 
 pub(super) fn duration(s: &str) -> Result<Duration, String> {
@@ -124,18 +145,12 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let family = if a.ipv4 {
-        Family::V4
-    } else if a.ipv6 {
-        Family::V6
-    } else {
-        Family::Both
-    };
+    let family = a.reach.family();
     let tls = if targets
         .iter()
         .any(|t| t.scheme == plumb_probe::Scheme::Https)
     {
-        match plumb_probe::client_config(a.cacert.as_deref(), a.insecure) {
+        match plumb_probe::client_config(a.reach.cacert.as_deref(), a.reach.insecure) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("plumb probe: {e}");
@@ -199,7 +214,7 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
                         progress.finish();
                         return Ok(summary);
                     }
-                    r = probe_target(t, family, &a.resolve, &opts) => r,
+                    r = probe_target(t, family, &a.reach.resolve, &opts) => r,
                 };
                 for r in &results {
                     progress.print(r, a.format);
