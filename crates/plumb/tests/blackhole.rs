@@ -15,7 +15,10 @@
     reason = "a test driving other processes: wall-clock deadlines; a panic is the report"
 )]
 
-use std::process::{Child, Command, Stdio};
+mod support;
+use support::{have, Proc};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Netns(String);
@@ -23,15 +26,6 @@ struct Netns(String);
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -45,20 +39,12 @@ fn can_run() -> bool {
                 .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false);
-    let have = |t: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     if !root {
         eprintln!("SKIPPED: needs root to create a network namespace");
         return false;
     }
     for tool in ["ip", "nft", "python3", "curl"] {
-        if !have(tool) {
-            eprintln!("SKIPPED: {tool} is not installed (scripts/test installs iproute2, nftables and curl as root)");
+        if !have(tool, "iproute2, nftables and curl") {
             return false;
         }
     }

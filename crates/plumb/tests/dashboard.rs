@@ -11,35 +11,17 @@
     reason = "a test driving other processes: wall-clock deadlines; a panic is the report"
 )]
 
+mod support;
+use support::{have, Proc};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: {tool} is not installed (scripts/test installs chromium and chromium-driver as root)");
-    }
-    ok
-}
 
 /// One HTTP/1.1 exchange; returns status and body. The body is read by its
 /// Content-Length (chromedriver keeps connections open whatever the client asks).
@@ -139,7 +121,9 @@ impl Driver {
 
 #[test]
 fn dashboard_renders_and_its_drain_button_drains() {
-    if !have("chromium") || !have("chromedriver") {
+    if !have("chromium", "chromium and chromium-driver")
+        || !have("chromedriver", "chromium and chromium-driver")
+    {
         return;
     }
     // plumb demo on free ports; read the proxy and admin addresses it prints.

@@ -9,6 +9,9 @@
     reason = "a test driving other processes: wall-clock deadlines; a failed expect is a failed test"
 )]
 
+mod support;
+use support::have;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -69,21 +72,9 @@ fn demo() -> Demo {
     demo
 }
 
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIPPED: {tool} is not installed (scripts/test installs it as root)");
-    }
-    found
-}
-
 #[test]
 fn wrk_keep_alive_load_gets_only_2xx() {
-    if !have("wrk") {
+    if !have("wrk", "it") {
         return;
     }
     let d = demo();
@@ -121,7 +112,7 @@ fn wrk_keep_alive_load_gets_only_2xx() {
 
 #[test]
 fn h2load_prior_knowledge_load_gets_only_2xx() {
-    if !have("h2load") {
+    if !have("h2load", "it") {
         return;
     }
     let d = demo();

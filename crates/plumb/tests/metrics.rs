@@ -11,20 +11,14 @@
     reason = "a test driving other processes: wall-clock deadlines; a panic is the report"
 )]
 
+mod support;
+use support::{have, Proc};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -32,18 +26,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: {tool} is not installed (scripts/test installs the Debian package prometheus as root)");
-    }
-    ok
 }
 
 /// A plain HTTP/1.1 origin that answers 200 "ok" and closes.
@@ -138,7 +120,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn promtool_accepts_the_exposition_and_requests_are_counted() {
-    if !have("promtool") {
+    if !have("promtool", "the Debian package prometheus") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -232,7 +214,7 @@ fn a_listen_overflow_shows_in_the_kernel_counter() {
 
 #[test]
 fn a_real_prometheus_scrapes_plumb() {
-    if !have("prometheus") {
+    if !have("prometheus", "the Debian package prometheus") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

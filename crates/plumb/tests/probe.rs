@@ -9,6 +9,9 @@
     reason = "a test driving the binary: wall-clock deadlines; a panic is the report"
 )]
 
+mod support;
+use support::Proc;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -281,14 +284,7 @@ fn https_times_the_handshake_and_checks_the_certificate() {
         ),
     )
     .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _plumb = Kill(
+    let _plumb = Proc(
         Command::new(env!("CARGO_BIN_EXE_plumb"))
             .args(["serve", "-c", cfg.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
@@ -384,15 +380,8 @@ fn metrics_listen_exports_each_address_on_its_own() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let _guard = Kill(child);
+    let _guard = Proc(child);
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     let addr = line

@@ -9,20 +9,14 @@
     reason = "a test driving other processes: wall-clock deadlines; a panic is the report"
 )]
 
+mod support;
+use support::Proc;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A plain HTTP/1.1 origin: answers every request with "tls-origin" and closes.
 fn origin() -> SocketAddr {
