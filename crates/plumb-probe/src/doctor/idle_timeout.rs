@@ -263,6 +263,11 @@ impl Doctor {
             Outcome::NoConnect | Outcome::Answered => "it failed",
         };
         let keepalive = (good.as_secs() / 2).max(1);
+        // The timeout lies between the two: machine-readable for alerting and tests.
+        let mut found = evidence(&results);
+        found["works_up_to_s"] = json!(good.as_secs_f64());
+        found["fails_from_s"] = json!(bad.as_secs_f64());
+        found["failure"] = json!(outcome.as_str());
         Finding {
             check: "idle-timeout",
             verdict: Verdict::Problem,
@@ -271,7 +276,7 @@ impl Doctor {
                 good.as_secs(),
                 bad.as_secs()
             ),
-            evidence: evidence(&results),
+            evidence: found,
             suggestion: match outcome {
                 Outcome::Fin => format!(
                     "clients must expect the close: retire pooled connections idle for more \

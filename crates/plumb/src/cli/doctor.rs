@@ -22,7 +22,12 @@ pub struct DoctorArgs {
     /// Run only these checks (repeatable or comma-separated): addresses, syn,
     /// idle-hold, mtu, idle-timeout, http. The default is all but idle-timeout
     /// (which --max-idle also turns on).
-    #[arg(long = "check", value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long = "check",
+        visible_alias = "checks",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     checks: Vec<String>,
     /// Budget of one request.
     #[arg(long, default_value = "5s", value_parser = duration)]

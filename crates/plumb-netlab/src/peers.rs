@@ -1,0 +1,80 @@
+//! Small Python programs to run inside lab hosts with [`crate::Host::python`]:
+//! servers and clients that the scenarios need and that a fresh machine can run
+//! without installing anything (Python 3's standard library only).
+
+/// An HTTP server: `ADDR PORT [single]`. `GET /bytes/N` answers N bytes, any other
+/// GET `ok`, `POST` reads the body and answers `got N`. By default a thread per
+/// connection with keep-alive; `single` serves one connection at a time and closes
+/// it after each response (HTTP/1.0), blocking on a connection that sends nothing,
+/// like the backend of incident 004.
+pub const HTTP_SERVER: &str = r#"
+import sys, http.server
+addr, port = sys.argv[1], int(sys.argv[2])
+single = len(sys.argv) > 3 and sys.argv[3] == "single"
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0" if single else "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def reply(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path.startswith("/bytes/"):
+            self.reply(b"x" * int(self.path[7:]))
+        else:
+            self.reply(b"ok\n")
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        self.reply(b"got %d\n" % len(self.rfile.read(n)))
+cls = http.server.HTTPServer if single else http.server.ThreadingHTTPServer
+cls.allow_reuse_address = True
+cls.daemon_threads = True
+cls.request_queue_size = 64
+cls((addr, port), H).serve_forever()
+"#;
+
+/// A TCP echo server, a thread per connection: `ADDR PORT`.
+pub const ECHO_SERVER: &str = r#"
+import sys, socketserver
+class E(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            b = self.request.recv(65536)
+            if not b:
+                return
+            self.request.sendall(b)
+class S(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+S((sys.argv[1], int(sys.argv[2])), E).serve_forever()
+"#;
+
+/// Opens `N` connections to `ADDR PORT` and holds them open, sending nothing;
+/// prints `held K` once all attempts are done (K that connected), then sleeps.
+pub const HOLD: &str = r#"
+import sys, socket, time
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+keep = []
+for _ in range(n):
+    try:
+        keep.append(socket.create_connection((addr, port), timeout=2))
+    except OSError:
+        pass
+print("held %d" % len(keep), flush=True)
+while True:
+    time.sleep(60)
+"#;
+
+/// A server that listens with a backlog of 1 and never accepts: its accept queue
+/// overflows at the second waiting connection. `ADDR PORT`.
+pub const NEVER_ACCEPTS: &str = r#"
+import sys, socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+while True:
+    time.sleep(60)
+"#;

@@ -1,0 +1,237 @@
+//! The incident lab: each incident of `../shared/incidents/` rebuilt for real in
+//! network namespaces (`plumb-netlab`: hosts, veth links with their MTU, routers,
+//! nftables), then `plumb doctor` must diagnose it and `plumb serve` in that
+//! topology must keep its promise. Root only; each test prints `SKIPPED: ...` and
+//! returns when it cannot build its lab. Addresses are 10.x inside the lab's own
+//! namespaces; nothing leaves them. docs/testing.md explains how to add one.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    reason = "tests driving other processes: wall-clock deadlines; a panic is the report"
+)]
+
+use plumb_netlab::{peers, Host, Lab, Pid, Ran};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const PLUMB: &str = env!("CARGO_BIN_EXE_plumb");
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Starts `plumb serve` on `host` with this config and waits for its admin API
+/// and `listen` port.
+fn serve(lab: &Lab, host: &Host<'_>, label: &str, toml: &str, listen: u16, admin: u16) -> Pid {
+    let cfg = lab.file(&format!("{label}.toml"), toml);
+    let pid = host.spawn(label, &[PLUMB, "serve", "-c", &cfg]);
+    host.wait_listening(admin, 10 * SECOND);
+    host.wait_listening(listen, 10 * SECOND);
+    pid
+}
+
+/// `plumb doctor ARGS --format json` on `host`: the exit code and the findings.
+fn doctor(host: &Host<'_>, args: &[&str], within: Duration) -> (Ran, Vec<Value>) {
+    let mut all = vec![PLUMB, "doctor"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--format", "json"]);
+    let ran = host.run(&all, within);
+    assert!(!ran.timed_out, "doctor ran past {within:?}: {ran}");
+    let findings = ran
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{ran}")))
+        .collect();
+    (ran, findings)
+}
+
+fn finding<'f>(findings: &'f [Value], check: &str) -> &'f Value {
+    findings
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} finding in {findings:#?}"))
+}
+
+/// `curl` on `host`: `-sS -o /dev/null -w '%{http_code}'` plus `args`, bounded by
+/// `max` (curl's own `--max-time`; the run is killed a little after).
+fn curl(host: &Host<'_>, args: &[&str], max: Duration) -> Ran {
+    let max_s = format!("{:.1}", max.as_secs_f64());
+    let mut all = vec![
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        &max_s,
+    ];
+    all.extend_from_slice(args);
+    host.run(&all, max + 5 * SECOND)
+}
+
+/// The admin API of the plumb on `host` (listening on 127.0.0.1:`admin`).
+fn admin(host: &Host<'_>, admin: u16, method: &str, path: &str) -> String {
+    let ran = host.run(
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-X",
+            method,
+            &format!("http://127.0.0.1:{admin}{path}"),
+        ],
+        10 * SECOND,
+    );
+    assert!(ran.ok(), "{method} {path}: {ran}");
+    ran.stdout
+}
+
+/// Waits until `pid`'s log has a line containing `text`; the elapsed time.
+fn wait_log(lab: &Lab, pid: Pid, text: &str, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if lab.log(pid).contains(text) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "no {text:?} after {within:?}; log:\n{}",
+            lab.log(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Incident 000. client ─9001─ r1 ─1500─ r2 ─9001─ server, and both routers
+/// drop the "fragmentation needed" ICMP they would send: every host believes in
+/// 9001-byte packets, the middle hop carries 1500, nobody is told.
+#[test]
+fn incident_000_mtu_black_hole() {
+    let Some(lab) = Lab::new("incident_000_mtu_black_hole") else {
+        return;
+    };
+    let client = lab.host("client");
+    let r1 = lab.router("r1");
+    let r2 = lab.router("r2");
+    let server = lab.host("server");
+    lab.link(&client, "10.0.1.1/24", &r1, "10.0.1.2/24", 9001);
+    lab.link(&r1, "10.0.12.1/24", &r2, "10.0.12.2/24", 1500);
+    lab.link(&r2, "10.0.2.1/24", &server, "10.0.2.2/24", 9001);
+    client.route("default", "10.0.1.2");
+    server.route("default", "10.0.2.1");
+    r1.route("10.0.2.0/24", "10.0.12.2");
+    r2.route("10.0.1.0/24", "10.0.12.1");
+    let no_frag_needed = "table inet bh {
+  chain out {
+    type filter hook output priority 0;
+    icmp type destination-unreachable icmp code frag-needed drop;
+  }
+}";
+    r1.nft(no_frag_needed);
+    r2.nft(no_frag_needed);
+    server.python("http", peers::HTTP_SERVER, &["10.0.2.2", "8080"]);
+    // The backend of the plumb case sits on the client's side of the hop, so both
+    // of plumb's legs cross it.
+    client.python("origin", peers::HTTP_SERVER, &["10.0.1.1", "8090"]);
+    server.wait_listening(8080, 5 * SECOND);
+    client.wait_listening(8090, 5 * SECOND);
+
+    // Small exchanges work; anything needing a full-size segment hangs, both ways.
+    let small = curl(&client, &["http://10.0.2.2:8080/"], 5 * SECOND);
+    assert_eq!(small.stdout, "200", "{small}");
+    let body = lab.file("body", &"b".repeat(20_000));
+    let post = format!("@{body}");
+    let big_up = curl(
+        &client,
+        &["--data-binary", &post, "http://10.0.2.2:8080/"],
+        3 * SECOND,
+    );
+    assert_eq!(big_up.code, Some(28), "a 20 kB request must hang: {big_up}");
+    let big_down = curl(&client, &["http://10.0.2.2:8080/bytes/100000"], 3 * SECOND);
+    assert_eq!(
+        big_down.code,
+        Some(28),
+        "a 100 kB answer must hang: {big_down}"
+    );
+
+    // plumb doctor names it, with the working size and the fix.
+    let (ran, findings) = doctor(
+        &client,
+        &["http://10.0.2.2:8080/", "--check", "mtu"],
+        90 * SECOND,
+    );
+    let f = finding(&findings, "mtu");
+    assert_eq!(ran.code, Some(1), "{ran}");
+    assert_eq!(f["verdict"], "problem", "{f:#}");
+    assert!(
+        f["summary"].as_str().unwrap().contains("MTU black hole"),
+        "{f:#}"
+    );
+    let mtu = f["evidence"]["path_mtu_estimate"].as_i64().unwrap();
+    assert!((1500 - 64..=1500 + 64).contains(&mtu), "{f:#}");
+    assert_eq!(f["evidence"]["with_mss_clamped"]["result"], "acknowledged");
+    assert!(
+        f["suggestion"].as_str().unwrap().contains("MSS"),
+        "the fix is named: {f:#}"
+    );
+
+    // plumb in the path, on the server: clients cross the hop to reach it, and it
+    // crosses the hop back to its backend. With tcp.mss clamped on the listener
+    // (the client is told to send small segments) and the pool (the backend is),
+    // large requests and answers pass; the same plumb without the clamp hangs.
+    let toml = r#"
+[runtime]
+access_log = "off"
+[[listener]]
+name = "clamped"
+listen = "10.0.2.2:8081"
+protocol = "http"
+pool = "clamped"
+tcp = { mss = 1400 }
+[[listener]]
+name = "plain"
+listen = "10.0.2.2:8082"
+protocol = "http"
+pool = "plain"
+[[pool]]
+name = "clamped"
+backends = ["10.0.1.1:8090"]
+tcp = { mss = 1400 }
+[[pool]]
+name = "plain"
+backends = ["10.0.1.1:8090"]
+"#;
+    serve(&lab, &server, "plumb", toml, 8082, 9901);
+    server.wait_listening(8081, 5 * SECOND);
+    let up = client.run(
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--data-binary",
+            &post,
+            "http://10.0.2.2:8081/",
+        ],
+        15 * SECOND,
+    );
+    assert!(up.ok() && up.stdout == "got 20000\n", "{up}");
+    let down = curl(
+        &client,
+        &["http://10.0.2.2:8081/bytes/1000000"],
+        10 * SECOND,
+    );
+    assert_eq!(down.stdout, "200", "{down}");
+    let plain = curl(
+        &client,
+        &["--data-binary", &post, "http://10.0.2.2:8082/"],
+        3 * SECOND,
+    );
+    assert_eq!(
+        plain.code,
+        Some(28),
+        "without the clamp the same request must hang: {plain}"
+    );
+}
