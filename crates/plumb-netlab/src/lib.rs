@@ -434,10 +434,11 @@ impl Host<'_> {
     }
 
     /// The host's `/etc/hosts`, as programs started in it see it (`ip netns exec`
-    /// mounts `/etc/netns/<namespace>/hosts` over it).
-    pub fn hosts_file(&self, text: &str) {
+    /// mounts `/etc/netns/<namespace>/hosts` over it): `localhost` and these lines.
+    pub fn hosts_file(&self, lines: &str) {
         let dir = Path::new("/etc/netns").join(&self.ns);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let text = format!("127.0.0.1 localhost\n::1 localhost\n{lines}");
         fs::write(dir.join("hosts"), text).unwrap_or_else(|e| panic!("hosts file: {e}"));
     }
 

@@ -235,3 +235,205 @@ backends = ["10.0.1.1:8090"]
         "without the clamp the same request must hang: {plain}"
     );
 }
+
+/// The backends of `pool` as the admin API lists them, by address.
+fn backends(host: &Host<'_>, admin_port: u16, pool: &str) -> serde_json::Map<String, Value> {
+    let pools: Value =
+        serde_json::from_str(&admin(host, admin_port, "GET", "/api/v1/pools")).unwrap();
+    let pool = pools
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == pool))
+        .unwrap_or_else(|| panic!("no pool {pool} in {pools:#}"));
+    pool["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["address"].as_str().unwrap().to_string(), b.clone()))
+        .collect()
+}
+
+/// The JSON lines of an access log written into the lab's directory.
+fn access_log(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Incident 001. One service, three addresses; behind the third, a connection
+/// table that is full (nft `ct count`: beyond 8 concurrent connections, new ones
+/// are dropped without a word). Other clients already hold those 8.
+#[test]
+fn incident_001_connection_tracking_limit_on_one_of_three_addresses() {
+    let Some(lab) = Lab::new("incident_001_conntrack_limit") else {
+        return;
+    };
+    let net = lab.router("net");
+    let client = lab.host("client");
+    let server = lab.host("server");
+    let lb = lab.host("lb");
+    lab.link(&client, "10.0.1.1/24", &net, "10.0.1.254/24", 1500);
+    lab.link(&server, "10.0.2.11/24", &net, "10.0.2.254/24", 1500);
+    lab.link(&lb, "10.0.3.1/24", &net, "10.0.3.254/24", 1500);
+    server.ip(&["addr", "add", "10.0.2.12/24", "dev", "to-net"]);
+    server.ip(&["addr", "add", "10.0.2.13/24", "dev", "to-net"]);
+    for (h, gw) in [
+        (&client, "10.0.1.254"),
+        (&server, "10.0.2.254"),
+        (&lb, "10.0.3.254"),
+    ] {
+        h.route("default", gw);
+    }
+    let names = "10.0.2.11 svc.lab\n10.0.2.12 svc.lab\n10.0.2.13 svc.lab\n";
+    client.hosts_file(names);
+    lb.hosts_file(names);
+    server.nft(
+        "table inet ctlimit {
+  chain in {
+    type filter hook input priority 0;
+    ip daddr 10.0.2.13 tcp dport 8080 ct state new ct count over 8 drop;
+  }
+}",
+    );
+    server.python("http", peers::HTTP_SERVER, &["0.0.0.0", "8080"]);
+    server.wait_listening(8080, 5 * SECOND);
+    let filler = client.python("filler", peers::HOLD, &["10.0.2.13", "8080", "8"]);
+    wait_log(&lab, filler, "held 8", 10 * SECOND);
+
+    // plumb doctor and plumb probe name the third address, and how it fails.
+    let (ran, findings) = doctor(
+        &client,
+        &[
+            "http://svc.lab:8080/",
+            "--check",
+            "addresses",
+            "--rounds",
+            "3",
+            "--timeout",
+            "1s",
+        ],
+        30 * SECOND,
+    );
+    let f = finding(&findings, "addresses");
+    assert_eq!(ran.code, Some(1), "{ran}");
+    assert_eq!(f["verdict"], "problem", "{f:#}");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("1 of 3 addresses failed: 10.0.2.13:8080 (3 of 3:"),
+        "{f:#}"
+    );
+    let ev = &f["evidence"]["addresses"];
+    assert_eq!(
+        ev["10.0.2.13:8080"]["causes"]["connect_timeout"], 3,
+        "{f:#}"
+    );
+    for good in ["10.0.2.11:8080", "10.0.2.12:8080"] {
+        assert_eq!(ev[good]["failed"], 0, "{f:#}");
+    }
+    let probe = client.run(
+        &[
+            PLUMB,
+            "probe",
+            "http://svc.lab:8080/",
+            "--timeout",
+            "1s",
+            "--format",
+            "json",
+        ],
+        20 * SECOND,
+    );
+    assert_eq!(probe.code, Some(1), "{probe}");
+    let results: Vec<Value> = probe
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 3, "{probe}");
+    for r in &results {
+        let bad = r["address"] == "10.0.2.13:8080";
+        assert_eq!(r["status"] == "fail", bad, "{r}");
+        if bad {
+            assert_eq!(r["cause"], "connect_timeout", "{r}");
+        }
+    }
+
+    // plumb over the three: health checks on fresh connections find the full
+    // table, and the requests that meet it first are retried on a sibling.
+    let log = lab.dir().join("access.log").to_string_lossy().into_owned();
+    let toml = format!(
+        r#"
+[runtime]
+access_log = "{log}"
+[[listener]]
+name = "front"
+listen = "10.0.3.1:80"
+protocol = "http"
+pool = "svc"
+[[pool]]
+name = "svc"
+backends = ["10.0.2.11:8080", "10.0.2.12:8080", "10.0.2.13:8080"]
+timeouts = {{ connect = "300ms" }}
+health = {{ kind = "tcp", interval = "500ms", timeout = "300ms", fall = 2, rise = 2 }}
+"#
+    );
+    serve(&lab, &lb, "plumb", &toml, 80, 9901);
+    // Three requests on fresh client connections: round robin sends one of them
+    // to the third address before any health check has failed it.
+    for _ in 0..3 {
+        let r = curl(&client, &["http://10.0.3.1/"], 5 * SECOND);
+        assert_eq!(r.stdout, "200", "{r}");
+    }
+    let deadline = Instant::now() + 10 * SECOND;
+    let bad = loop {
+        let b = backends(&lb, 9901, "svc");
+        if b["10.0.2.13:8080"]["state"] == "unhealthy" {
+            break b["10.0.2.13:8080"].clone();
+        }
+        assert!(Instant::now() < deadline, "never marked down: {b:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        bad["reason"].as_str().unwrap().contains("connect timeout"),
+        "{bad:#}"
+    );
+    let before = access_log(&log).len();
+    let urls: Vec<String> = (0..30).map(|i| format!("http://10.0.3.1/{i}")).collect();
+    let mut args: Vec<&str> = vec!["-w", "%{http_code}\n"];
+    for u in &urls {
+        args.extend_from_slice(&["-o", "/dev/null", u]);
+    }
+    let many = client.run(
+        &[&["curl", "-sS", "--max-time", "20"], &args[..]].concat(),
+        30 * SECOND,
+    );
+    assert!(many.ok(), "{many}");
+    assert_eq!(
+        many.stdout.lines().filter(|l| *l == "200").count(),
+        30,
+        "{many}"
+    );
+
+    // Every request got its answer; none needed more than one retry, each retry
+    // was away from the full address, and once it was down nothing went there.
+    let lines = access_log(&log);
+    assert_eq!(lines.len(), before + 30, "{lines:#?}");
+    let mut retried = 0;
+    for l in &lines {
+        assert_eq!(l["status"], 200, "{l}");
+        assert!(l["attempts"].as_u64().unwrap() <= 2, "{l}");
+        assert_ne!(l["backend"], "10.0.2.13:8080", "{l}");
+        for a in l["failed_attempts"].as_array().unwrap() {
+            retried += 1;
+            assert_eq!(a["backend"], "10.0.2.13:8080", "{l}");
+            assert_eq!(a["cause"], "upstream_connect_timeout", "{l}");
+        }
+    }
+    assert_eq!(
+        retried, 1,
+        "only the first request sent there was retried: {lines:#?}"
+    );
+    for l in &lines[before..] {
+        assert_eq!(l["attempts"], 1, "after the ejection: {l}");
+    }
+}
