@@ -78,3 +78,39 @@ s.listen(1)
 while True:
     time.sleep(60)
 "#;
+
+/// A long-lived client of an echo service: `ADDR PORT SECONDS talk|quiet`. It
+/// checks one echo and prints `echoed`; then `talk` sends `ping` every 100 ms and
+/// reads the echo, `quiet` only waits to read. It prints how the connection ended —
+/// `reset after N echoes`, `eof after N echoes`, `silence after N echoes` (no
+/// answer to a ping within 5 s) or `open after N echoes` (still open after
+/// SECONDS) — and exits.
+pub const ECHO_CLIENT: &str = r#"
+import sys, socket, time
+addr, port, seconds, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+s = socket.create_connection((addr, port), timeout=5)
+s.sendall(b"hello")
+assert s.recv(5) == b"hello"
+print("echoed", flush=True)
+n, end = 0, time.monotonic() + seconds
+def done(how):
+    print("%s after %d echoes" % (how, n), flush=True)
+    sys.exit(0)
+while time.monotonic() < end:
+    try:
+        if mode == "talk":
+            time.sleep(0.1)
+            s.sendall(b"ping")
+            got = s.recv(4)
+        else:
+            s.settimeout(max(end - time.monotonic(), 0.01))
+            got = s.recv(4)
+    except ConnectionResetError:
+        done("reset")
+    except socket.timeout:
+        done("silence" if mode == "talk" else "open")
+    if not got:
+        done("eof")
+    n += 1
+done("open")
+"#;

@@ -252,13 +252,21 @@ fn backends(host: &Host<'_>, admin_port: u16, pool: &str) -> serde_json::Map<Str
         .collect()
 }
 
-/// The JSON lines of an access log written into the lab's directory.
-fn access_log(path: &str) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+/// The JSON lines of an access log written into the lab's directory, once it
+/// has at least `n` (plumb writes them from a queue, a moment after the close).
+fn access_log(path: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + 5 * SECOND;
+    loop {
+        let lines: Vec<Value> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= n || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Incident 001. One service, three addresses; behind the third, a connection
@@ -397,7 +405,7 @@ health = {{ kind = "tcp", interval = "500ms", timeout = "300ms", fall = 2, rise 
         bad["reason"].as_str().unwrap().contains("connect timeout"),
         "{bad:#}"
     );
-    let before = access_log(&log).len();
+    let before = access_log(&log, 3).len();
     let urls: Vec<String> = (0..30).map(|i| format!("http://10.0.3.1/{i}")).collect();
     let mut args: Vec<&str> = vec!["-w", "%{http_code}\n"];
     for u in &urls {
@@ -416,7 +424,7 @@ health = {{ kind = "tcp", interval = "500ms", timeout = "300ms", fall = 2, rise 
 
     // Every request got its answer; none needed more than one retry, each retry
     // was away from the full address, and once it was down nothing went there.
-    let lines = access_log(&log);
+    let lines = access_log(&log, before + 30);
     assert_eq!(lines.len(), before + 30, "{lines:#?}");
     let mut retried = 0;
     for l in &lines {
@@ -435,5 +443,143 @@ health = {{ kind = "tcp", interval = "500ms", timeout = "300ms", fall = 2, rise 
     );
     for l in &lines[before..] {
         assert_eq!(l["attempts"], 1, "after the ejection: {l}");
+    }
+}
+
+/// client ─ lb ─ backend, with plumb on lb proxying TCP to an echo server.
+fn echo_behind_plumb<'l>(lab: &'l Lab, pool_extra: &str) -> (Host<'l>, Host<'l>, Host<'l>) {
+    let client = lab.host("client");
+    let lb = lab.host("lb");
+    let backend = lab.host("backend");
+    lab.link(&client, "10.0.1.1/24", &lb, "10.0.1.2/24", 1500);
+    lab.link(&lb, "10.0.2.1/24", &backend, "10.0.2.2/24", 1500);
+    backend.python("echo", peers::ECHO_SERVER, &["10.0.2.2", "7000"]);
+    backend.wait_listening(7000, 5 * SECOND);
+    let toml = format!(
+        r#"
+[runtime]
+access_log = "{}"
+[[listener]]
+name = "front"
+listen = "10.0.1.2:7000"
+pool = "app"
+[[pool]]
+name = "app"
+backends = ["10.0.2.2:7000"]
+{pool_extra}
+"#,
+        lab.dir().join("access.log").display()
+    );
+    serve(lab, &lb, "plumb", &toml, 7000, 9901);
+    (client, lb, backend)
+}
+
+/// The number in a peer's `<how> after N echoes` line.
+fn echoes(log: &str) -> u64 {
+    log.split(" after ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no outcome line in {log:?}"))
+}
+
+/// Incident 002, the load balancer's half: a long-lived connection whose backend
+/// is deregistered. It echoes until the drain deadline, then its next write is
+/// answered with RST — it is never left talking to nobody.
+#[test]
+fn incident_002_deregistered_backend_resets_its_clients_at_the_deadline() {
+    let Some(lab) = Lab::new("incident_002_deregistration") else {
+        return;
+    };
+    let (client, lb, _backend) = echo_behind_plumb(
+        &lab,
+        r#"drain = { timeout = "2s", close_spread = "100ms" }"#,
+    );
+    let c = client.python(
+        "client",
+        peers::ECHO_CLIENT,
+        &["10.0.1.2", "7000", "20", "talk"],
+    );
+    wait_log(&lab, c, "echoed", 5 * SECOND);
+    let t0 = Instant::now();
+    admin(
+        &lb,
+        9901,
+        "DELETE",
+        "/api/v1/pools/app/backends/10.0.2.2:7000",
+    );
+    wait_log(&lab, c, " after ", 10 * SECOND);
+    let took = t0.elapsed();
+    let log = lab.log(c);
+    assert!(log.contains("reset after"), "{log}");
+    // It echoed through the drain (about 20 pings in 2 s), and the reset came
+    // between the deadline and deadline + spread + one ping + margin.
+    assert!(echoes(&log) >= 10, "{log}");
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_millis(3000),
+        "reset {took:?} after the deregistration (drain 2 s)"
+    );
+    assert!(
+        backends(&lb, 9901, "app").is_empty(),
+        "removed once drained"
+    );
+    let log = access_log(&lab.dir().join("access.log").to_string_lossy(), 1);
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["cause"], "backend_drained", "{log:#?}");
+}
+
+/// Incident 002, the vanished host: the backend's host drops every packet, so
+/// no RST or FIN will ever come. plumb's keepalive and TCP_USER_TIMEOUT on the
+/// backend leg find it, and plumb resets both the client that keeps talking and
+/// the one that only listens, within the configured bound.
+#[test]
+fn incident_002_vanished_backend_host_is_found_by_keepalive_and_user_timeout() {
+    let Some(lab) = Lab::new("incident_002_vanished_host") else {
+        return;
+    };
+    let (client, _lb, backend) = echo_behind_plumb(
+        &lab,
+        r#"tcp = { keepalive_idle = "1s", keepalive_interval = "1s", keepalive_count = 2, user_timeout = "3s" }"#,
+    );
+    let talk = client.python(
+        "talk",
+        peers::ECHO_CLIENT,
+        &["10.0.1.2", "7000", "30", "talk"],
+    );
+    let quiet = client.python(
+        "quiet",
+        peers::ECHO_CLIENT,
+        &["10.0.1.2", "7000", "30", "quiet"],
+    );
+    wait_log(&lab, talk, "echoed", 5 * SECOND);
+    wait_log(&lab, quiet, "echoed", 5 * SECOND);
+    std::thread::sleep(SECOND); // the quiet connection goes idle; talk keeps going
+    let t0 = Instant::now();
+    backend.nft(
+        "table inet gone {
+  chain in { type filter hook input priority -300; policy drop; }
+  chain out { type filter hook output priority -300; policy drop; }
+}",
+    );
+    // user_timeout 3 s bounds both: unacknowledged pings for talk, unanswered
+    // keepalive probes (1 s idle, 2 probes 1 s apart) for quiet.
+    for (pid, what) in [(talk, "talking"), (quiet, "quiet")] {
+        wait_log(&lab, pid, " after ", 10 * SECOND);
+        let took = t0.elapsed();
+        let log = lab.log(pid);
+        assert!(log.contains("reset after"), "{what}: {log}");
+        assert!(
+            took <= Duration::from_millis(5000),
+            "{what} client reset {took:?} after the host vanished (bound 3 s + margin)"
+        );
+    }
+    let log = access_log(&lab.dir().join("access.log").to_string_lossy(), 2);
+    assert_eq!(log.len(), 2, "{log:#?}");
+    for l in &log {
+        assert_eq!(l["cause"], "upstream_tcp_timeout", "{l}");
+        assert!(
+            l["error"].as_str().unwrap_or("").contains("timed out"),
+            "{l}"
+        );
     }
 }
