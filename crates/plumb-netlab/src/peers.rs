@@ -114,3 +114,29 @@ while time.monotonic() < end:
     n += 1
 done("open")
 "#;
+
+/// `ADDR PORT N TIMEOUT`: N HTTP/1.0 GETs one after the other, each on a new
+/// connection, each bounded by TIMEOUT seconds; prints one JSON array of
+/// `{"ok": 200 seen, "s": seconds from connect to the end, "error": ...}`.
+pub const TIMED_GETS: &str = r#"
+import sys, socket, time, json
+addr, port, n, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+out = []
+for _ in range(n):
+    t, ok, err = time.monotonic(), False, None
+    try:
+        s = socket.create_connection((addr, port), timeout=timeout)
+        s.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        s.close()
+        ok = data.split(b"\r\n", 1)[0].split(b" ")[1:2] == [b"200"]
+    except OSError as e:
+        err = type(e).__name__
+    out.append({"ok": ok, "s": time.monotonic() - t, "error": err})
+print(json.dumps(out), flush=True)
+"#;
