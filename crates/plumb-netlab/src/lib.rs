@@ -28,7 +28,9 @@
 #![warn(missing_docs)]
 #![allow(
     clippy::disallowed_types,
-    reason = "a test harness: wall-clock deadlines bound waits on other processes"
+    clippy::expect_used,
+    reason = "a test harness: wall-clock deadlines bound waits on other processes, and a \
+              panic (with what failed) is how it reports"
 )]
 
 pub mod peers;
@@ -141,6 +143,13 @@ fn must(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kill -SIGNAL PID` through the shell's builtin (no procps needed).
+fn kill(signal: &str, pid: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", "kill -\"$0\" \"$1\"", signal, pid]);
+    c
+}
+
 /// Kills every process left in `ns` (by PID) and deletes it.
 fn teardown_namespace(ns: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -156,10 +165,7 @@ fn teardown_namespace(ns: &str) {
             break;
         }
         for pid in pids {
-            let _ = Command::new("kill")
-                .args(["-KILL", pid])
-                .stderr(Stdio::null())
-                .status();
+            let _ = kill("KILL", pid).stderr(Stdio::null()).status();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -299,7 +305,7 @@ impl Lab {
     /// lab started.
     pub fn signal(&self, pid: Pid, signal: &str) {
         must(
-            Command::new("kill").args([&format!("-{signal}"), &pid.0.to_string()]),
+            &mut kill(signal, &pid.0.to_string()),
             &format!("kill -{signal} {}", pid.0),
         );
     }
@@ -399,9 +405,11 @@ impl Host<'_> {
     /// Sets a sysctl in this host's namespace (the per-namespace ones: net.ipv4.*,
     /// net.core.somaxconn, net.netfilter.* once conntrack is loaded...).
     pub fn sysctl(&self, key: &str, value: &str) {
+        // Written to /proc/sys from inside the namespace (no procps needed).
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
         must(
-            self.command("sysctl")
-                .args(["-q", "-w", &format!("{key}={value}")]),
+            self.command("sh")
+                .args(["-c", "printf '%s' \"$1\" > \"$0\"", &path, value]),
             &format!("{}: sysctl {key}={value}", self.name),
         );
     }

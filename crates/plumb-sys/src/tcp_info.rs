@@ -91,15 +91,23 @@ impl TcpInfo {
         self.state == STATE_ESTABLISHED
     }
 
+    /// Whether the handshake completed and this side may still have data in flight:
+    /// established, or closing with its send queue not yet acknowledged
+    /// (FIN_WAIT1, CLOSE_WAIT, LAST_ACK, CLOSING).
+    pub fn may_have_data_in_flight(&self) -> bool {
+        matches!(self.state, STATE_ESTABLISHED | 4 | 8 | 9 | 11)
+    }
+
     /// The signature of a path MTU black hole (incident 000) as one socket sees it:
-    /// the handshake succeeded (established), data is outstanding, and the segment at
-    /// the head of the queue has been retransmitted at least twice with no
-    /// acknowledgement since. Small packets (the handshake, ACKs) crossed the path;
-    /// the full-size data segment does not. A peer that vanished looks the same from
-    /// here, so this is a suspicion to act on (probe the path, clamp the MSS), not a
-    /// verdict.
+    /// the handshake succeeded, data is outstanding, and the segment at the head of
+    /// the queue has been retransmitted at least twice with no acknowledgement
+    /// since. Small packets (the handshake, ACKs) crossed the path; the full-size
+    /// data segment does not. It holds after this side closed too (a response
+    /// followed by FIN is the common case). A peer that vanished looks the same
+    /// from here, so this is a suspicion to act on (probe the path, clamp the MSS),
+    /// not a verdict.
     pub fn suspected_blackhole(&self) -> bool {
-        self.is_established() && self.unacked > 0 && self.retransmits >= 2
+        self.may_have_data_in_flight() && self.unacked > 0 && self.retransmits >= 2
     }
 }
 
@@ -143,8 +151,20 @@ mod tests {
             ..stuck
         };
         assert!(!idle.suspected_blackhole(), "nothing outstanding");
-        let closing = TcpInfo { state: 4, ..stuck };
-        assert!(!closing.suspected_blackhole(), "not established");
+        // Found by the incident 000 lab: a response the server closed after (the
+        // socket in FIN_WAIT1) stuck behind a black hole was not flagged.
+        let closed_after = TcpInfo { state: 4, ..stuck };
+        assert!(closed_after.suspected_blackhole(), "FIN_WAIT1, data stuck");
+        let connecting = TcpInfo { state: 2, ..stuck };
+        assert!(
+            !connecting.suspected_blackhole(),
+            "SYN_SENT: no handshake yet"
+        );
+        let time_wait = TcpInfo { state: 6, ..stuck };
+        assert!(
+            !time_wait.suspected_blackhole(),
+            "TIME_WAIT: all acknowledged"
+        );
     }
 
     #[test]

@@ -195,6 +195,10 @@ name = "plain"
 listen = "10.0.2.2:8082"
 protocol = "http"
 pool = "plain"
+[[listener]]
+name = "raw"
+listen = "10.0.2.2:8083"
+pool = "local"
 [[pool]]
 name = "clamped"
 backends = ["10.0.1.1:8090"]
@@ -202,6 +206,9 @@ tcp = { mss = 1400 }
 [[pool]]
 name = "plain"
 backends = ["10.0.1.1:8090"]
+[[pool]]
+name = "local"
+backends = ["10.0.2.2:8080"]
 "#;
     serve(&lab, &server, "plumb", toml, 8082, 9901);
     server.wait_listening(8081, 5 * SECOND);
@@ -233,6 +240,46 @@ backends = ["10.0.1.1:8090"]
         plain.code,
         Some(28),
         "without the clamp the same request must hang: {plain}"
+    );
+
+    // And plumb sees it: a client across the hop asks (through the unclamped TCP
+    // listener) for 64 KiB that plumb then cannot deliver. From TCP_INFO alone
+    // (data outstanding, retransmitted, nothing acknowledged) the connection
+    // table flags the client leg; the backend leg, on the same host, is healthy.
+    client.python(
+        "stuck",
+        "import socket, time\n\
+         c = socket.create_connection(('10.0.2.2', 8083))\n\
+         c.sendall(b'GET /bytes/65536 HTTP/1.0\\r\\n\\r\\n')\n\
+         time.sleep(60)\n",
+        &[],
+    );
+    let deadline = Instant::now() + 15 * SECOND;
+    let flagged = loop {
+        let table: Value =
+            serde_json::from_str(&admin(&server, 9901, "GET", "/api/v1/connections")).unwrap();
+        let hit = table.as_array().unwrap().iter().find(|c| {
+            c["listener"] == "raw"
+                && c["suspected_blackhole"] == true
+                && c["client_tcp"]["suspected_blackhole"] == true
+        });
+        if let Some(c) = hit {
+            break c.clone();
+        }
+        assert!(Instant::now() < deadline, "never flagged: {table:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        flagged["client_tcp"]["unacked"].as_u64().unwrap() > 0,
+        "{flagged:#}"
+    );
+    assert!(
+        flagged["client_tcp"]["retransmits"].as_u64().unwrap() >= 2,
+        "{flagged:#}"
+    );
+    assert_eq!(
+        flagged["upstream_tcp"]["suspected_blackhole"], false,
+        "{flagged:#}"
     );
 }
 
@@ -519,10 +566,11 @@ fn incident_002_deregistered_backend_resets_its_clients_at_the_deadline() {
         took >= Duration::from_millis(1900) && took <= Duration::from_millis(3000),
         "reset {took:?} after the deregistration (drain 2 s)"
     );
-    assert!(
-        backends(&lb, 9901, "app").is_empty(),
-        "removed once drained"
-    );
+    let deadline = Instant::now() + 3 * SECOND;
+    while !backends(&lb, 9901, "app").is_empty() {
+        assert!(Instant::now() < deadline, "not removed once drained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let log = access_log(&lab.dir().join("access.log").to_string_lossy(), 1);
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(log[0]["cause"], "backend_drained", "{log:#?}");
@@ -786,5 +834,167 @@ passive = { consecutive_failures = 0 }
             .unwrap()
             .contains("the kernel counted listen-queue overflows"),
         "{f:#}"
+    );
+}
+
+/// Incident 004. A backend that serves one connection at a time (it blocks
+/// reading whichever connection it accepted). doctor's idle-hold check names it;
+/// plumb with its defaults opens a backend connection only for a client, so the
+/// backend keeps serving everyone. `upstream.preconnect = 1` — which
+/// docs/config.md warns against for exactly such backends — holds an idle
+/// connection that the backend sits on: every other client of the backend (a
+/// second load balancer here) stalls until plumb's idle timeout lets go.
+#[test]
+fn incident_004_idle_preconnect_starves_a_single_threaded_backend() {
+    let Some(lab) = Lab::new("incident_004_idle_preconnect") else {
+        return;
+    };
+    let client = lab.host("client");
+    let lb = lab.host("lb");
+    let backend = lab.host("backend");
+    lab.link(&client, "10.0.1.1/24", &lb, "10.0.1.2/24", 1500);
+    lab.link(&lb, "10.0.2.1/24", &backend, "10.0.2.2/24", 1500);
+    backend.python(
+        "single",
+        peers::HTTP_SERVER,
+        &["10.0.2.2", "8080", "single"],
+    );
+    backend.wait_listening(8080, 5 * SECOND);
+
+    let (ran, findings) = doctor(
+        &lb,
+        &["http://10.0.2.2:8080/", "--check", "idle-hold"],
+        20 * SECOND,
+    );
+    let f = finding(&findings, "idle-hold");
+    assert_eq!(ran.code, Some(1), "{ran}");
+    assert_eq!(f["verdict"], "problem", "{f:#}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains("it handles one connection at a time"),
+        "{f:#}"
+    );
+
+    let config = |name: &str, port: u16, admin: u16, upstream: &str| {
+        format!(
+            r#"
+[runtime]
+access_log = "off"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[listener]]
+name = "{name}"
+listen = "10.0.1.2:{port}"
+pool = "app"
+[[pool]]
+name = "app"
+backends = ["10.0.2.2:8080"]
+{upstream}
+"#
+        )
+    };
+    // Defaults: every request through plumb is answered at once.
+    serve(&lab, &lb, "plumb-a", &config("a", 80, 9901, ""), 80, 9901);
+    let gets = timed_gets(&client, "10.0.1.2", 80, 10, 3.0);
+    assert!(
+        gets.iter()
+            .all(|r| r["ok"] == true && r["s"].as_f64().unwrap() < 1.0),
+        "{gets:?}"
+    );
+
+    // A second plumb with preconnect = 1 (idle timeout 4 s). Once its idle
+    // connection is open, its own client is served (it takes that connection),
+    // but a request through the first plumb waits until the idle one times out.
+    serve(
+        &lab,
+        &lb,
+        "plumb-b",
+        &config(
+            "b",
+            81,
+            9902,
+            r#"upstream = { preconnect = 1, idle_timeout = "4s" }"#,
+        ),
+        81,
+        9902,
+    );
+    let deadline = Instant::now() + 5 * SECOND;
+    loop {
+        let conns = lb.run(
+            &["ss", "-Htn", "state", "established", "dst", "10.0.2.2:8080"],
+            5 * SECOND,
+        );
+        if !conns.stdout.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plumb-b opened no idle connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stalled = timed_gets(&client, "10.0.1.2", 80, 1, 10.0);
+    let waited = stalled[0]["s"].as_f64().unwrap();
+    assert!(
+        stalled[0]["ok"] == true && (2.0..6.0).contains(&waited),
+        "the request behind plumb-b's idle connection waited {waited:.2} s (idle timeout 4 s): {stalled:?}"
+    );
+    let quick = timed_gets(&client, "10.0.1.2", 81, 1, 3.0);
+    assert!(quick[0]["ok"] == true, "{quick:?}");
+}
+
+/// A stateful middlebox that forgets idle flows (incident 002's path): a router
+/// whose connection tracking expires established TCP flows after 6 s idle, with
+/// loose pickup off and invalid packets dropped, so a flow idle longer is cut
+/// without a word. doctor's idle-timeout check must find 6 s within 20%.
+#[test]
+fn idle_timeout_middlebox_is_measured_by_doctor() {
+    let Some(lab) = Lab::new("idle_timeout_middlebox") else {
+        return;
+    };
+    let client = lab.host("client");
+    let mbox = lab.router("mbox");
+    let server = lab.host("server");
+    lab.link(&client, "10.0.1.1/24", &mbox, "10.0.1.2/24", 1500);
+    lab.link(&mbox, "10.0.2.1/24", &server, "10.0.2.2/24", 1500);
+    client.route("default", "10.0.1.2");
+    server.route("default", "10.0.2.1");
+    mbox.nft(
+        "table inet fw {
+  chain through {
+    type filter hook forward priority 0;
+    ct state invalid drop;
+  }
+}",
+    );
+    // Per-namespace conntrack settings, present once the rule loaded conntrack.
+    mbox.sysctl("net.netfilter.nf_conntrack_tcp_timeout_established", "6");
+    mbox.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
+    server.python("http", peers::HTTP_SERVER, &["10.0.2.2", "8080"]);
+    server.wait_listening(8080, 5 * SECOND);
+
+    let (ran, findings) = doctor(
+        &client,
+        &[
+            "http://10.0.2.2:8080/",
+            "--checks",
+            "idle-timeout",
+            "--max-idle",
+            "10s",
+        ],
+        60 * SECOND,
+    );
+    let f = finding(&findings, "idle-timeout");
+    assert_eq!(ran.code, Some(1), "{ran}");
+    assert_eq!(f["verdict"], "problem", "{f:#}");
+    let ev = &f["evidence"];
+    assert_eq!(ev["failure"], "silence", "{f:#}");
+    let fails = ev["fails_from_s"].as_f64().unwrap();
+    let works = ev["works_up_to_s"].as_f64().unwrap();
+    assert!(
+        (4.8..=7.2).contains(&fails) && works < fails,
+        "6 s within 20%: works up to {works} s, fails from {fails} s\n{f:#}"
     );
 }
