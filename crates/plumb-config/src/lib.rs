@@ -12,11 +12,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod advice;
 mod duration;
 pub mod file;
 pub mod model;
 mod validate;
 
+pub use advice::{advise, Advice};
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
 pub use validate::{ConfigError, ConfigErrors};

@@ -3,9 +3,11 @@
 //! sysctls, and everything a [`Lab`] created is torn down when it drops — also when
 //! the test panics. Processes started in a host are killed by PID; a namespace's
 //! remaining processes are found with `ip netns pids` and killed before it is
-//! deleted. A test process killed outright (SIGKILL, a CI timeout) leaves its
-//! namespaces behind: the next [`Lab::new`] on the machine deletes every lab
-//! namespace whose owning process no longer exists.
+//! deleted. A test process killed outright (SIGKILL, a CI timeout) runs no
+//! teardown: its lab processes get SIGKILL from the kernel (`setpriv
+//! --pdeathsig`), and the next [`Lab::new`] on the machine deletes every lab
+//! namespace, `/etc/netns` entry and temporary directory whose owning process no
+//! longer exists.
 //!
 //! Traffic stays between the lab's own namespaces: their addresses are assigned
 //! here, and no host has a link to the machine's own network.
@@ -22,7 +24,7 @@
 //! assert!(ran.ok(), "{ran}");
 //! ```
 //!
-//! Needs root and `ip` (iproute2), `nft` (nftables), `ss` and `python3`;
+//! Needs root, `ip` and `ss` (iproute2), `nft` (nftables), `curl` and `python3`;
 //! [`Lab::new`] returns `None` after printing `SKIPPED: ...` when one is missing.
 
 #![warn(missing_docs)]
@@ -176,25 +178,39 @@ fn teardown_namespace(ns: &str) {
     let _ = fs::remove_dir_all(Path::new("/etc/netns").join(ns));
 }
 
-/// Deletes lab namespaces whose owning test process is gone (killed before its
-/// labs could drop).
-fn sweep_stale() {
-    let Ok(dir) = fs::read_dir("/run/netns") else {
-        return;
+/// The names in `dir` of labs (`plab-<pid>-...`) whose owning process is gone.
+/// (A reused PID hides a stale lab until that process ends too.)
+fn stale_in(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
     };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let mut parts = name.split('-');
-        if parts.next() != Some(PREFIX) {
-            continue;
-        }
-        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("netlab: deleting stale namespace {name} (process {pid} is gone)");
-            teardown_namespace(&name);
-        }
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            let mut parts = name.split('-');
+            parts.next() == Some(PREFIX)
+                && parts
+                    .next()
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect()
+}
+
+/// Deletes what labs of dead test processes left: namespaces (and what still
+/// runs in them), their /etc/netns files, their temporary directories.
+fn sweep_stale() {
+    for name in stale_in(Path::new("/run/netns")) {
+        eprintln!("netlab: deleting stale namespace {name} (its test process is gone)");
+        teardown_namespace(&name);
+    }
+    for name in stale_in(Path::new("/etc/netns")) {
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(name));
+    }
+    let tmp = std::env::temp_dir();
+    for name in stale_in(&tmp) {
+        let _ = fs::remove_dir_all(tmp.join(name));
     }
 }
 
@@ -213,13 +229,16 @@ impl Lab {
             ("ip", "iproute2"),
             ("ss", "iproute2"),
             ("nft", "nftables"),
-            ("python3", "python3"),
+            ("curl", "curl"),
         ] {
             if !on_path(tool) {
                 return skip(&format!(
                     "{tool} is not installed (scripts/test installs {package} as root)"
                 ));
             }
+        }
+        if !on_path("python3") {
+            return skip("python3 is not installed (the lab's peers are Python programs)");
         }
         sweep_stale();
         let id = format!(
@@ -382,11 +401,35 @@ impl Host<'_> {
         &self.ns
     }
 
-    /// A command that runs `program` inside this host.
+    /// A command that runs `program` inside this host. Proxy variables are
+    /// removed: a proxy is not reachable from a lab, and lab traffic must not try.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns, program]);
+        for var in [
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+        ] {
+            c.env_remove(var);
+        }
         c
+    }
+
+    /// Like [`Host::command`], for the processes the lab starts: when util-linux's
+    /// `setpriv` is there, the process gets SIGKILL if the test process dies
+    /// without running the lab's teardown (killed by CI, say).
+    fn child_command(&self, program: &str) -> Command {
+        if on_path("setpriv") {
+            let mut c = self.command("setpriv");
+            c.args(["--pdeathsig", "KILL", program]);
+            c
+        } else {
+            self.command(program)
+        }
     }
 
     /// Runs `ip ARGS` on this host; panics if it fails.
@@ -464,7 +507,7 @@ impl Host<'_> {
         let log = fs::File::create(&tmp).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
         let err = log.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
         let child = self
-            .command(program)
+            .child_command(program)
             .args(rest)
             .stdin(Stdio::null())
             .stdout(log)
@@ -493,21 +536,25 @@ impl Host<'_> {
         let (program, rest) = args.split_first().expect("run: a program to run");
         let started = Instant::now();
         let mut child = self
-            .command(program)
+            .child_command(program)
             .args(rest)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{}: run {program}: {e}", self.name));
+        // Each pipe is read on its own thread; the result comes back on a channel
+        // so that a grandchild still holding the pipe cannot hold this up.
         let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let mut s = Vec::new();
                 if let Some(mut p) = pipe {
                     let _ = p.read_to_end(&mut s);
                 }
-                String::from_utf8_lossy(&s).into_owned()
-            })
+                let _ = tx.send(String::from_utf8_lossy(&s).into_owned());
+            });
+            rx
         };
         let out = drain(
             child
@@ -538,8 +585,8 @@ impl Host<'_> {
         let elapsed = started.elapsed();
         Ran {
             code: status.and_then(|s| s.code()),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
+            stdout: out.recv_timeout(Duration::from_secs(2)).unwrap_or_default(),
+            stderr: err.recv_timeout(Duration::from_secs(2)).unwrap_or_default(),
             elapsed,
             timed_out,
         }

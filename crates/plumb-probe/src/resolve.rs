@@ -93,10 +93,13 @@ pub async fn resolve(
         });
     }
     let t0 = Instant::now();
-    // The hosts file first, and alone when it names the host, as glibc's
-    // `hosts: files dns` does: asking DNS for the family the file does not list
-    // would wait out the DNS timeout (15 s with no reachable server) for nothing.
-    let listed: Vec<SocketAddr> = hosts_file(host)
+    // The hosts file first, and alone when it gives the host an address of the
+    // wanted family, as glibc's `hosts: files dns` does: asking DNS for the family
+    // the file does not list would wait out the DNS timeout (15 s with no
+    // reachable server) for nothing.
+    let listed: Vec<SocketAddr> = hickory_resolver::Hosts::from_system()
+        .map(|h| in_hosts(&h, host))
+        .unwrap_or_default()
         .into_iter()
         .filter(fam_ok)
         .map(|ip| SocketAddr::new(ip, port))
@@ -137,12 +140,11 @@ pub async fn resolve(
     })
 }
 
-/// Every address the system's hosts file gives `host` (IPv4 first), in file order.
-fn hosts_file(host: &str) -> Vec<IpAddr> {
+/// Every address a hosts file gives `host` (IPv4 first, then in file order).
+fn in_hosts(hosts: &hickory_resolver::Hosts, host: &str) -> Vec<IpAddr> {
     use hickory_resolver::proto::op::Query;
     use hickory_resolver::proto::rr::{Name, RecordType};
-    let (Ok(hosts), Ok(name)) = (hickory_resolver::Hosts::from_system(), Name::from_str(host))
-    else {
+    let Ok(name) = Name::from_str(host) else {
         return Vec::new();
     };
     [RecordType::A, RecordType::AAAA]
@@ -160,6 +162,29 @@ fn hosts_file(host: &str) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_file_gives_every_address_of_a_name() {
+        let mut hosts = hickory_resolver::Hosts::default();
+        hosts
+            .read_hosts_conf(
+                "10.0.2.11 svc.lab\n10.0.2.12 svc.lab other\n# 10.9.9.9 svc.lab\nfd00::13 Svc.Lab\n"
+                    .as_bytes(),
+            )
+            .unwrap();
+        let want: Vec<IpAddr> = ["10.0.2.11", "10.0.2.12", "fd00::13"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(in_hosts(&hosts, "svc.lab"), want);
+        assert_eq!(
+            in_hosts(&hosts, "SVC.lab."),
+            want,
+            "case and a trailing dot"
+        );
+        assert_eq!(in_hosts(&hosts, "other"), vec![want[1]]);
+        assert!(in_hosts(&hosts, "missing.lab").is_empty());
+    }
 
     #[tokio::test]
     async fn overrides_and_literals() {

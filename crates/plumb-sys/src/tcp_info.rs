@@ -74,6 +74,14 @@ unsafe impl Pod for TcpInfo {}
 
 /// `TCP_ESTABLISHED` in `tcpi_state`.
 pub const STATE_ESTABLISHED: u8 = 1;
+/// `TCP_FIN_WAIT1`: this side sent FIN, not yet acknowledged.
+pub const STATE_FIN_WAIT1: u8 = 4;
+/// `TCP_CLOSE_WAIT`: the peer sent FIN; this side may still send.
+pub const STATE_CLOSE_WAIT: u8 = 8;
+/// `TCP_LAST_ACK`: both sent FIN, ours not yet acknowledged.
+pub const STATE_LAST_ACK: u8 = 9;
+/// `TCP_CLOSING`: simultaneous close.
+pub const STATE_CLOSING: u8 = 11;
 
 impl TcpInfo {
     /// Smoothed round-trip time.
@@ -91,11 +99,19 @@ impl TcpInfo {
         self.state == STATE_ESTABLISHED
     }
 
-    /// Whether the handshake completed and this side may still have data in flight:
-    /// established, or closing with its send queue not yet acknowledged
-    /// (FIN_WAIT1, CLOSE_WAIT, LAST_ACK, CLOSING).
-    pub fn may_have_data_in_flight(&self) -> bool {
-        matches!(self.state, STATE_ESTABLISHED | 4 | 8 | 9 | 11)
+    /// Whether data (not only a FIN) is sent and unacknowledged: in ESTABLISHED and
+    /// CLOSE_WAIT any unacknowledged segment is data; after this side's FIN
+    /// (FIN_WAIT1, LAST_ACK, CLOSING) `unacked` counts the FIN too, so the byte
+    /// counters must show data beyond what was acknowledged.
+    fn data_in_flight(&self) -> bool {
+        match self.state {
+            STATE_ESTABLISHED | STATE_CLOSE_WAIT => self.unacked > 0,
+            STATE_FIN_WAIT1 | STATE_LAST_ACK | STATE_CLOSING => {
+                self.unacked > 0
+                    && self.bytes_sent.saturating_sub(self.bytes_retrans) > self.bytes_acked
+            }
+            _ => false,
+        }
     }
 
     /// The signature of a path MTU black hole (incident 000) as one socket sees it:
@@ -107,7 +123,7 @@ impl TcpInfo {
     /// from here, so this is a suspicion to act on (probe the path, clamp the MSS),
     /// not a verdict.
     pub fn suspected_blackhole(&self) -> bool {
-        self.may_have_data_in_flight() && self.unacked > 0 && self.retransmits >= 2
+        self.data_in_flight() && self.retransmits >= 2
     }
 }
 
@@ -153,8 +169,25 @@ mod tests {
         assert!(!idle.suspected_blackhole(), "nothing outstanding");
         // Found by the incident 000 lab: a response the server closed after (the
         // socket in FIN_WAIT1) stuck behind a black hole was not flagged.
-        let closed_after = TcpInfo { state: 4, ..stuck };
+        let closed_after = TcpInfo {
+            state: STATE_FIN_WAIT1,
+            bytes_sent: 70_000,
+            bytes_retrans: 9_000,
+            bytes_acked: 29,
+            ..stuck
+        };
         assert!(closed_after.suspected_blackhole(), "FIN_WAIT1, data stuck");
+        let fin_only = TcpInfo {
+            unacked: 1,
+            bytes_sent: 65_536,
+            bytes_retrans: 0,
+            bytes_acked: 65_536,
+            ..closed_after
+        };
+        assert!(
+            !fin_only.suspected_blackhole(),
+            "only the FIN is outstanding (a vanished peer): not a segment-size problem"
+        );
         let connecting = TcpInfo { state: 2, ..stuck };
         assert!(
             !connecting.suspected_blackhole(),

@@ -146,6 +146,35 @@ fn check_accepts_the_shipped_example() {
     }
 }
 
+/// A valid config with a setting known to hurt: exit 0, and the warning names
+/// the field and the incident (docs/config.md says the same).
+#[test]
+fn check_warns_about_preconnect_and_still_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "pre.toml",
+        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbackends = [\"127.0.0.1:2\"]\nupstream = { preconnect = 2 }\n",
+    );
+    let out = plumb(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "stderr {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[1].starts_with("warning: pool[0].upstream.preconnect: 2 idle connection(s)")
+            && lines[1].contains("incident 004"),
+        "{stdout}"
+    );
+    let out = plumb(&["check", "-c", file.to_str().unwrap(), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        v["warnings"][0]["path"], "pool[0].upstream.preconnect",
+        "{v}"
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_its_path() {
     let dir = tempfile::tempdir().unwrap();

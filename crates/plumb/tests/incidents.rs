@@ -484,10 +484,9 @@ health = {{ kind = "tcp", interval = "500ms", timeout = "300ms", fall = 2, rise 
             assert_eq!(a["cause"], "upstream_connect_timeout", "{l}");
         }
     }
-    assert_eq!(
-        retried, 1,
-        "only the first request sent there was retried: {lines:#?}"
-    );
+    // One of the first three requests goes there unless a health check was
+    // quicker (possible on a loaded machine): at most one retry either way.
+    assert!(retried <= 1, "{lines:#?}");
     for l in &lines[before..] {
         assert_eq!(l["attempts"], 1, "after the ejection: {l}");
     }
@@ -548,23 +547,25 @@ fn incident_002_deregistered_backend_resets_its_clients_at_the_deadline() {
         &["10.0.1.2", "7000", "20", "talk"],
     );
     wait_log(&lab, c, "echoed", 5 * SECOND);
-    let t0 = Instant::now();
+    // The drain starts somewhere between sending the request and its answer.
+    let sent = Instant::now();
     admin(
         &lb,
         9901,
         "DELETE",
         "/api/v1/pools/app/backends/10.0.2.2:7000",
     );
+    let answered = Instant::now();
     wait_log(&lab, c, " after ", 10 * SECOND);
-    let took = t0.elapsed();
     let log = lab.log(c);
     assert!(log.contains("reset after"), "{log}");
     // It echoed through the drain (about 20 pings in 2 s), and the reset came
     // between the deadline and deadline + spread + one ping + margin.
     assert!(echoes(&log) >= 10, "{log}");
+    let (earliest, latest) = (answered.elapsed(), sent.elapsed());
     assert!(
-        took >= Duration::from_millis(1900) && took <= Duration::from_millis(3000),
-        "reset {took:?} after the deregistration (drain 2 s)"
+        latest >= Duration::from_millis(1900) && earliest <= Duration::from_millis(3000),
+        "reset {earliest:?}..{latest:?} after the deregistration (drain 2 s)"
     );
     let deadline = Instant::now() + 3 * SECOND;
     while !backends(&lb, 9901, "app").is_empty() {
@@ -602,13 +603,15 @@ fn incident_002_vanished_backend_host_is_found_by_keepalive_and_user_timeout() {
     wait_log(&lab, talk, "echoed", 5 * SECOND);
     wait_log(&lab, quiet, "echoed", 5 * SECOND);
     std::thread::sleep(SECOND); // the quiet connection goes idle; talk keeps going
-    let t0 = Instant::now();
+                                // The bound counts from when the rules are in (nft's own start-up under load
+                                // is not plumb's time).
     backend.nft(
         "table inet gone {
   chain in { type filter hook input priority -300; policy drop; }
   chain out { type filter hook output priority -300; policy drop; }
 }",
     );
+    let t0 = Instant::now();
     // user_timeout 3 s bounds both: unacknowledged pings for talk, unanswered
     // keepalive probes (1 s idle, 2 probes 1 s apart) for quiet.
     for (pid, what) in [(talk, "talking"), (quiet, "quiet")] {
@@ -895,13 +898,34 @@ backends = ["10.0.2.2:8080"]
 "#
         )
     };
-    // Defaults: every request through plumb is answered at once.
+    // Defaults: every request through plumb is answered at once, and plumb holds
+    // no connection to the backend between clients, so the backend's other
+    // clients (a monitor on lb here) are served at once too.
+    let to_backend = || {
+        lb.run(
+            &["ss", "-Htn", "state", "established", "dst", "10.0.2.2:8080"],
+            5 * SECOND,
+        )
+        .stdout
+    };
     serve(&lab, &lb, "plumb-a", &config("a", 80, 9901, ""), 80, 9901);
     let gets = timed_gets(&client, "10.0.1.2", 80, 10, 3.0);
     assert!(
         gets.iter()
             .all(|r| r["ok"] == true && r["s"].as_f64().unwrap() < 1.0),
         "{gets:?}"
+    );
+    assert_eq!(
+        to_backend().trim(),
+        "",
+        "plumb-a holds a backend connection"
+    );
+    let monitor = timed_gets(&lb, "10.0.2.2", 8080, 3, 3.0);
+    assert!(
+        monitor
+            .iter()
+            .all(|r| r["ok"] == true && r["s"].as_f64().unwrap() < 1.0),
+        "{monitor:?}"
     );
 
     // A second plumb with preconnect = 1 (idle timeout 4 s). Once its idle
@@ -922,11 +946,7 @@ backends = ["10.0.2.2:8080"]
     );
     let deadline = Instant::now() + 5 * SECOND;
     loop {
-        let conns = lb.run(
-            &["ss", "-Htn", "state", "established", "dst", "10.0.2.2:8080"],
-            5 * SECOND,
-        );
-        if !conns.stdout.trim().is_empty() {
+        if !to_backend().trim().is_empty() {
             break;
         }
         assert!(
@@ -994,7 +1014,7 @@ fn idle_timeout_middlebox_is_measured_by_doctor() {
     let fails = ev["fails_from_s"].as_f64().unwrap();
     let works = ev["works_up_to_s"].as_f64().unwrap();
     assert!(
-        (4.8..=7.2).contains(&fails) && works < fails,
+        (4.8..=7.2).contains(&fails) && (4.8..=7.2).contains(&works),
         "6 s within 20%: works up to {works} s, fails from {fails} s\n{f:#}"
     );
 }

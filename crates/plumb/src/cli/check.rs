@@ -1,5 +1,5 @@
 //! `plumb check`: load and validate a config through the same path as `serve`, and
-//! print every error with its field path.
+//! print every error with its field path, and every warning (`plumb_config::advise`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,17 +9,31 @@ use super::Format;
 pub fn run(path: &Path, format: Format) -> ExitCode {
     match plumb_config::load(path) {
         Ok(config) => {
+            // Warnings leave the config valid (exit 0): settings known to hurt.
+            let advice = plumb_config::advise(&config);
             match format {
-                Format::Text => println!(
-                    "{}: ok ({} listener(s), {} pool(s), {} backend(s))",
-                    path.display(),
-                    config.listeners.len(),
-                    config.pools.len(),
-                    config.pools.iter().map(|p| p.backends.len()).sum::<usize>()
-                ),
+                Format::Text => {
+                    println!(
+                        "{}: ok ({} listener(s), {} pool(s), {} backend(s))",
+                        path.display(),
+                        config.listeners.len(),
+                        config.pools.len(),
+                        config.pools.iter().map(|p| p.backends.len()).sum::<usize>()
+                    );
+                    for a in &advice {
+                        println!("warning: {}: {}", a.path, a.message);
+                    }
+                }
                 Format::Json => println!(
                     "{}",
-                    serde_json::json!({ "file": path.display().to_string(), "ok": true })
+                    serde_json::json!({
+                        "file": path.display().to_string(),
+                        "ok": true,
+                        "warnings": advice
+                            .iter()
+                            .map(|a| serde_json::json!({ "path": a.path, "message": a.message }))
+                            .collect::<Vec<_>>(),
+                    })
                 ),
             }
             ExitCode::SUCCESS

@@ -43,6 +43,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 )
             })?;
         tracing::info!(addr = %config.admin.listen, token = token.is_some(), "admin API listening");
+        for a in plumb_config::advise(&config) {
+            tracing::warn!(field = %a.path, "{}", a.message);
+        }
         let server = Arc::new(Server::new(&config, access_log));
         let admin = plumb_admin::Admin::new(
             Arc::clone(&server),
