@@ -139,6 +139,17 @@ pub fn tcp_info(sock: &impl AsFd) -> io::Result<TcpInfo> {
     tcp_info::read(sock.as_fd())
 }
 
+/// Sends SIGKILL to every process of the process group `pgid` (a child started as
+/// the leader of its own group, so that its children go too). Refuses 0 and 1,
+/// which `killpg` would read as this process's own group and init's.
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .ok()
+        .filter(|p| *p > 1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process group id"))?;
+    raw::killpg(pgid, libc::SIGKILL)
+}
+
 /// The kernel's TCP counters for this network namespace, from `/proc/net/netstat`
 /// (`TcpExt`) and `/proc/net/snmp` (`Tcp`). These are what showed incident 003: SYNs
 /// dropped because an accept queue overflowed, and retransmissions.

@@ -67,3 +67,13 @@ pub(crate) fn setsockopt_int(
     }
     Ok(())
 }
+
+/// `killpg(pgid, sig)`.
+pub(crate) fn killpg(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: killpg takes two integers and touches no memory of this process.
+    let rc = unsafe { libc::killpg(pgid, sig) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -8,12 +8,10 @@
     reason = "test helpers: a panic is the failure report"
 )]
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -22,6 +20,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const PLUMB: &str = env!("CARGO_BIN_EXE_plumb");
+
+mod support;
+use support::{echo_server, Plumb};
 
 fn plumb(args: &[&str]) -> Output {
     Command::new(PLUMB)
@@ -306,7 +307,7 @@ fn serve_exits_1_when_a_listener_cannot_bind() {
         "serve.toml",
         &serve_config(addr, backend.local_addr().unwrap(), dir.path()),
     );
-    let mut p = Proc::spawn(&["serve", "-c", file.to_str().unwrap()]);
+    let mut p = Plumb::spawn(&["serve", "-c", file.to_str().unwrap()]);
     let status = p
         .wait_exit(Duration::from_secs(10))
         .expect("plumb did not exit");
@@ -318,159 +319,6 @@ fn serve_exits_1_when_a_listener_cannot_bind() {
     );
 }
 
-// ---------------------------------------------------------------------------------
-// Child processes
-
-/// A running plumb: killed (SIGKILL, by PID) and reaped on drop unless it exited.
-struct Proc {
-    child: Child,
-    stdout: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    /// The thread copying stderr; joined once the process has exited, so that
-    /// `stderr()` then holds everything the process wrote.
-    stderr_reader: Option<thread::JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(PLUMB)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plumb");
-        let out = child.stdout.take().unwrap();
-        let (tx, stdout) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let stderr_reader = thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match err.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-        });
-        Proc {
-            child,
-            stdout,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Sends a signal with kill(1).
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {} failed", self.pid());
-    }
-
-    /// Whether the process has exited; if so, its stderr has been read to the end.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.try_wait().unwrap()?;
-        // The pipe's write end closed with the process (plumb starts no children),
-        // so the reader reaches EOF.
-        if let Some(t) = self.stderr_reader.take() {
-            let _ = t.join();
-        }
-        Some(status)
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.exited() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits until stderr contains `needle` (true), or the process exits or `limit`
-    /// passes (false).
-    fn wait_stderr(&mut self, needle: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.stderr().contains(needle) {
-                return true;
-            }
-            if self.exited().is_some() || Instant::now() >= deadline {
-                return self.stderr().contains(needle);
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A blocking echo server on loopback, one thread per connection. Threads end with
-/// the test process.
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut s) = conn else { return };
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => {
-                            let _ = s.shutdown(std::net::Shutdown::Write);
-                            return;
-                        }
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 fn serve_config(listen: SocketAddr, backend: SocketAddr, dir: &Path) -> String {
     format!(
         "[runtime]\nshutdown_grace = \"1s\"\naccess_log = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"front\"\nlisten = \"{listen}\"\npool = \"app\"\n\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
@@ -480,7 +328,7 @@ fn serve_config(listen: SocketAddr, backend: SocketAddr, dir: &Path) -> String {
 
 /// Starts `plumb serve` on a free loopback port. A port found free can be taken
 /// before plumb binds it; then plumb exits 1 and another port is tried.
-fn start_serve(backend: SocketAddr, dir: &Path) -> (Proc, SocketAddr) {
+fn start_serve(backend: SocketAddr, dir: &Path) -> (Plumb, SocketAddr) {
     for _ in 0..5 {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -489,7 +337,7 @@ fn start_serve(backend: SocketAddr, dir: &Path) -> (Proc, SocketAddr) {
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let file = write_file(dir, "serve.toml", &serve_config(addr, backend, dir));
-        let mut p = Proc::spawn(&["serve", "-c", file.to_str().unwrap()]);
+        let mut p = Plumb::spawn(&["serve", "-c", file.to_str().unwrap()]);
         if p.wait_stderr("listening", Duration::from_secs(10)) {
             return (p, addr);
         }
@@ -641,7 +489,7 @@ fn http_get(addr: SocketAddr) -> String {
 }
 
 /// Reads the demo's banner up to its `proxy` line and returns the proxy's address.
-fn demo_proxy(p: &mut Proc) -> SocketAddr {
+fn demo_proxy(p: &mut Plumb) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     loop {
@@ -676,7 +524,7 @@ fn origin_of(resp: &str) -> &'static str {
         .unwrap_or_else(|| panic!("no origin named in {resp}"))
 }
 
-fn stop_demo(mut p: Proc) {
+fn stop_demo(mut p: Plumb) {
     p.signal("INT");
     let status = p
         .wait_exit(Duration::from_secs(10))
@@ -688,7 +536,7 @@ fn stop_demo(mut p: Proc) {
 fn demo_balances_three_origins_and_stops_on_sigint() {
     // The admin API on another loopback address, port 0: never a fixed port in tests
     // (see demo_runs_as_its_help_suggests for why not 127.0.0.1:0).
-    let mut p = Proc::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.2:0"]);
+    let mut p = Plumb::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.2:0"]);
     let proxy = demo_proxy(&mut p);
     let mut names: Vec<&str> = (0..3).map(|_| origin_of(&http_get(proxy))).collect();
     let answered = names.clone();
@@ -705,7 +553,7 @@ fn demo_balances_three_origins_and_stops_on_sigint() {
 /// "any free port", so the two cannot clash.
 #[test]
 fn demo_runs_as_its_help_suggests() {
-    let mut p = Proc::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let mut p = Plumb::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     let proxy = demo_proxy(&mut p);
     origin_of(&http_get(proxy));
     stop_demo(p);
@@ -809,26 +657,22 @@ fn accept_errors_back_off_and_are_not_fatal() {
         &serve_config(addr, backend, dir.path()),
     );
     let log = dir.path().join("stderr.log");
-    let mut child = Command::new("prlimit")
-        .args([
-            "--nofile=48:48",
-            PLUMB,
-            "serve",
-            "-c",
-            cfg.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    // Guarded from the start: killed by PID however the test ends.
+    let mut child = support::Proc(
+        Command::new("prlimit")
+            .args([
+                "--nofile=48:48",
+                PLUMB,
+                "serve",
+                "-c",
+                cfg.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "plumb serve did not listen");
@@ -856,10 +700,9 @@ fn accept_errors_back_off_and_are_not_fatal() {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "plumb exited on EMFILE"
     );
-    let mut child = Kill(child);
     // Free the descriptors: plumb serves again.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -474,11 +474,7 @@ fn ctrl_c_ends_a_continuous_run_with_the_summary() {
         .unwrap();
     thread::sleep(Duration::from_millis(700));
     // SIGINT to this child's PID, as a terminal's Ctrl-C would.
-    assert!(Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    support::signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");

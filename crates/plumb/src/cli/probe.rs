@@ -368,11 +368,10 @@ async fn on_fail(cmd: &str, r: &ProbeResult) {
                 Ok(Err(e)) => eprintln!("plumb probe: --on-fail: {e}"),
                 Err(_) => {
                     if let Some(pid) = child.id() {
-                        // The group's id is the shell's PID; `kill -- -PGID` signals it all.
-                        let _ = tokio::process::Command::new("kill")
-                            .args(["-KILL", "--", &format!("-{pid}")])
-                            .status()
-                            .await;
+                        // The group's id is the shell's PID: SIGKILL to the group
+                        // reaches the shell's children too.
+                        let _ = plumb_sys::kill_process_group(pid);
+                        let _ = child.wait().await;
                     }
                     eprintln!("plumb probe: --on-fail did not finish within 10s; killed it and its children")
                 }
