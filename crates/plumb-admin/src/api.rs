@@ -142,6 +142,15 @@ fn pool_view(p: &Pool) -> PoolView {
             plumb_config::model::HealthKind::Tcp => "tcp",
             plumb_config::model::HealthKind::Http { .. } => "http",
         }),
+        discovery: p.discovery_status().map(|d| DiscoveryView {
+            source: d.source,
+            up: d.up,
+            addresses: d.addresses,
+            last_ok_age_ms: d.last_ok_ms.map(|t| now.saturating_sub(t)),
+            last_error: d.last_error,
+            ttl_s: d.ttl_s,
+            resolutions: d.resolutions,
+        }),
         backends: p.backends().iter().map(|b| backend_view(b, now)).collect(),
     }
 }

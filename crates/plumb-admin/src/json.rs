@@ -29,7 +29,22 @@ pub(crate) struct PoolView {
     pub name: String,
     pub balance: &'static str,
     pub health_checks: Option<&'static str>,
+    /// Present for pools whose backends come from discovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryView>,
     pub backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DiscoveryView {
+    pub source: String,
+    /// Whether the last resolution worked; false: the pool keeps its last known set.
+    pub up: bool,
+    pub addresses: Vec<String>,
+    pub last_ok_age_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub ttl_s: Option<u64>,
+    pub resolutions: u64,
 }
 
 #[derive(Serialize)]

@@ -194,8 +194,11 @@ pub struct Pool {
     pub name: String,
     /// Balancing algorithm. Default `round_robin`.
     pub balance: Balance,
-    /// Static backends.
+    /// Static backends (empty when `discovery` finds them).
     pub backends: Vec<BackendSpec>,
+    /// Where backends come from when not listed: each discovered address becomes a
+    /// backend of its own.
+    pub discovery: Option<Discovery>,
     /// How many backends a connection may try before the client is reset. Each backend
     /// is tried at most once. Default 3.
     pub connect_attempts: usize,
@@ -289,6 +292,29 @@ pub enum DrainClose {
     Reset,
     /// FIN both legs.
     Close,
+}
+
+/// `pool.discovery`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// Every address a DNS name resolves to.
+    Dns(DnsDiscovery),
+}
+
+/// `pool.discovery = { dns = "name:port", ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// The name to resolve.
+    pub name: String,
+    /// The port every resolved address is used with.
+    pub port: u16,
+    /// The longest time between two resolutions (default 30 s); a shorter TTL
+    /// resolves sooner, but never more often than every second.
+    pub refresh: Duration,
+    /// Ask this server (`IP:port`) instead of the system's resolvers.
+    pub nameserver: Option<SocketAddr>,
+    /// The weight of each discovered backend (default 1).
+    pub weight: u32,
 }
 
 /// `pool.on_marked_down`.
@@ -398,6 +424,11 @@ impl Default for TcpOptions {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 /// Default `listen(2)` backlog.
 pub const DEFAULT_BACKLOG: u32 = 4096;
+/// `pool.discovery.refresh` default: re-resolve at least this often.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+/// `pool.slow_start` default for pools with discovery: new addresses ramp up.
+pub const DEFAULT_DISCOVERY_SLOW_START: Duration = Duration::from_secs(10);
+
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default tunnel idle timeout.

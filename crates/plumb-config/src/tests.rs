@@ -173,14 +173,72 @@ fn listener_needs_pool_and_addresses() {
 }
 
 #[test]
-fn features_of_later_versions_are_refused_not_ignored() {
+fn dns_discovery_takes_the_place_of_backends() {
     let text = MINIMAL.replace(
-        "backends = [",
-        "discovery = { dns = \"app.internal:80\" }\nbackends = [",
+        "backends = [\"127.0.0.1:9001\"]",
+        "discovery = { dns = \"app.internal:8080\", refresh = \"10s\", nameserver = \"127.0.0.1:5353\", weight = 3 }",
+    );
+    let p = &parse(&text).unwrap().pools[0];
+    assert!(p.backends.is_empty());
+    assert_eq!(
+        p.discovery,
+        Some(Discovery::Dns(DnsDiscovery {
+            name: "app.internal".into(),
+            port: 8080,
+            refresh: Duration::from_secs(10),
+            nameserver: Some("127.0.0.1:5353".parse().unwrap()),
+            weight: 3,
+        }))
+    );
+    assert_eq!(p.slow_start, Some(DEFAULT_DISCOVERY_SLOW_START));
+    let text = MINIMAL.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "discovery = { dns = \"app.internal:80\", nameserver = \"10.0.0.2\" }\nslow_start = \"2s\"",
+    );
+    let p = &parse(&text).unwrap().pools[0];
+    let Some(Discovery::Dns(d)) = &p.discovery else {
+        panic!("{p:?}")
+    };
+    assert_eq!(d.refresh, DEFAULT_DNS_REFRESH);
+    assert_eq!(d.nameserver, Some("10.0.0.2:53".parse().unwrap()));
+    assert_eq!(p.slow_start, Some(Duration::from_secs(2)));
+}
+
+#[test]
+fn bad_discovery_is_refused_with_its_path() {
+    let with = |d: &str| MINIMAL.replace("backends = [\"127.0.0.1:9001\"]", d);
+    check(
+        &MINIMAL.replace(
+            "backends = [",
+            "discovery = { dns = \"app.internal:80\" }\nbackends = [",
+        ),
+        &["pool[0].backends: a pool takes its backends from `backends` or from `discovery`, not both"],
     );
     check(
-        &text,
-        &["pool[0].discovery: not supported yet by this version of plumb"],
+        &with("discovery = { dns = \"app.internal\" }"),
+        &[
+            r#"pool[0].discovery.dns: "app.internal" is not a host name and port (such as "app.internal:8080")"#,
+        ],
+    );
+    check(
+        &with("discovery = { dns = \"bad name:80\", refresh = \"500ms\", colour = 1, nameserver = \"dns\", weight = 0 }"),
+        &[
+            "pool[0].discovery.colour: unknown key",
+            r#"pool[0].discovery.dns: "bad name:80" is not a host name and port (such as "app.internal:8080")"#,
+            "pool[0].discovery.refresh: must be at least 1s",
+            r#"pool[0].discovery.nameserver: "dns" is not an address (an IP, or IP:port such as "127.0.0.1:5353")"#,
+            "pool[0].discovery.weight: 0 is out of range (1 to 1000)",
+        ],
+    );
+    check(
+        &with("discovery = \"app.internal:80\""),
+        &[
+            r#"pool[0].discovery: expected a table such as { dns = "app.internal:8080" }, found "app.internal:80""#,
+        ],
+    );
+    check(
+        &with("discovery = { refresh = \"5s\" }"),
+        &[r#"pool[0].discovery.dns: missing: the name and port to resolve ("app.internal:8080")"#],
     );
 }
 

@@ -674,10 +674,21 @@ impl Validator {
                 }
             },
         };
-        let backends = self.backends(p.backends.as_ref(), &format!("{path}.backends"));
-        if p.discovery.is_some() {
-            self.unsupported(p.discovery.as_ref(), &format!("{path}.discovery"));
-        }
+        let discovery = p
+            .discovery
+            .as_ref()
+            .and_then(|d| self.discovery(d, &format!("{path}.discovery")));
+        let backends = match (&p.discovery, &p.backends) {
+            (Some(_), None) => Vec::new(),
+            (Some(_), Some(_)) => {
+                self.err(
+                    &format!("{path}.backends"),
+                    "a pool takes its backends from `backends` or from `discovery`, not both",
+                );
+                Vec::new()
+            }
+            (None, b) => self.backends(b.as_ref(), &format!("{path}.backends")),
+        };
         let connect_attempts = p
             .connect_attempts
             .as_ref()
@@ -755,17 +766,23 @@ impl Validator {
             .and_then(|v| self.int(v, &format!("{path}.retry_budget_percent"), 0, 100))
             .map_or(20, |n| n as u32);
         let passive = self.passive(p.passive.as_ref(), &format!("{path}.passive"));
-        let slow_start = p.slow_start.as_ref().map(|v| {
-            self.positive_duration_or(
-                Some(v),
-                &format!("{path}.slow_start"),
-                Duration::from_secs(30),
-            )
-        });
+        let slow_start = p
+            .slow_start
+            .as_ref()
+            .map(|v| {
+                self.positive_duration_or(
+                    Some(v),
+                    &format!("{path}.slow_start"),
+                    Duration::from_secs(30),
+                )
+            })
+            // Addresses that appear in discovery ramp up unless told otherwise.
+            .or(discovery.as_ref().map(|_| DEFAULT_DISCOVERY_SLOW_START));
         Pool {
             name,
             balance,
             backends,
+            discovery,
             connect_attempts,
             timeouts,
             tcp,
@@ -778,6 +795,91 @@ impl Validator {
             slow_start,
             retry_budget_percent,
         }
+    }
+
+    fn discovery(&mut self, v: &Value, path: &str) -> Option<Discovery> {
+        let Value::Table(t) = v else {
+            self.err(
+                path,
+                format!(
+                    "expected a table such as {{ dns = \"app.internal:8080\" }}, found {}",
+                    show(v)
+                ),
+            );
+            return None;
+        };
+        for key in t.keys() {
+            if !["dns", "refresh", "nameserver", "weight"].contains(&key.as_str()) {
+                self.err(&format!("{path}.{key}"), "unknown key");
+            }
+        }
+        let Some(dns) = t.get("dns") else {
+            self.err(
+                &format!("{path}.dns"),
+                "missing: the name and port to resolve (\"app.internal:8080\")",
+            );
+            return None;
+        };
+        let dpath = format!("{path}.dns");
+        let target = self.string(dns, &dpath).and_then(|s| {
+            let parsed = s.rsplit_once(':').and_then(|(name, port)| {
+                let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+                let valid = !name.is_empty()
+                    && name.len() <= 253
+                    && name.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    });
+                valid.then(|| (name.to_string(), port))
+            });
+            if parsed.is_none() {
+                self.err(
+                    &dpath,
+                    format!("{s:?} is not a host name and port (such as \"app.internal:8080\")"),
+                );
+            }
+            parsed
+        });
+        let refresh = self.positive_duration_or(
+            t.get("refresh"),
+            &format!("{path}.refresh"),
+            DEFAULT_DNS_REFRESH,
+        );
+        if refresh < Duration::from_secs(1) {
+            self.err(&format!("{path}.refresh"), "must be at least 1s");
+        }
+        let nameserver = t.get("nameserver").and_then(|v| {
+            let npath = format!("{path}.nameserver");
+            let s = self.string(v, &npath)?;
+            let parsed = s.parse::<SocketAddr>().ok().or_else(|| {
+                s.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            if parsed.is_none() {
+                self.err(
+                    &npath,
+                    format!(
+                        "{s:?} is not an address (an IP, or IP:port such as \"127.0.0.1:5353\")"
+                    ),
+                );
+            }
+            parsed
+        });
+        let weight = t
+            .get("weight")
+            .and_then(|w| self.int(w, &format!("{path}.weight"), 1, 1000))
+            .map_or(1, |w| w as u32);
+        let (name, port) = target?;
+        Some(Discovery::Dns(DnsDiscovery {
+            name,
+            port,
+            refresh,
+            nameserver,
+            weight,
+        }))
     }
 
     fn health(&mut self, h: &file::Health, path: &str) -> Health {
@@ -1180,12 +1282,6 @@ impl Validator {
             );
         }
         s.to_string()
-    }
-
-    fn unsupported(&mut self, v: Option<&Value>, path: &str) {
-        if v.is_some() {
-            self.err(path, "not supported yet by this version of plumb");
-        }
     }
 
     fn string<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v str> {

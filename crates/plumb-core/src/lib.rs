@@ -10,6 +10,7 @@
 pub mod accesslog;
 pub mod cause;
 pub mod conntable;
+pub mod discovery;
 pub mod health;
 pub mod l4;
 mod l7;

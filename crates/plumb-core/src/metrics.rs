@@ -105,6 +105,15 @@ pub struct CheckLabels {
     pub result: String,
 }
 
+/// Labels of a pool and a result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolResultLabels {
+    /// Pool name.
+    pub pool: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
 /// Every `result` label value of `plumb_health_checks_total`.
 pub(crate) const CHECK_RESULTS: &[&str] = &[
     "ok",
@@ -163,6 +172,10 @@ pub struct Metrics {
     pub drain_closed: Family<PoolLabels, Counter>,
     /// Idle kept-alive upstream connections (set at scrape).
     pub idle_connections: Family<PoolLabels, Gauge>,
+    /// Discovery resolutions, by result.
+    pub discovery_resolutions: Family<PoolResultLabels, Counter>,
+    /// 1 while the pool's last discovery resolution worked.
+    pub discovery_up: Family<PoolLabels, Gauge>,
     /// Connections whose leg had the black-hole signature when it closed.
     pub suspected_blackhole: Family<LegLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind (brought up to date
@@ -210,6 +223,8 @@ impl Metrics {
             drains_completed: Family::default(),
             drain_closed: Family::default(),
             idle_connections: Family::default(),
+            discovery_resolutions: Family::default(),
+            discovery_up: Family::default(),
             suspected_blackhole: Family::default(),
             access_log_dropped: Counter::default(),
         };
@@ -282,6 +297,16 @@ impl Metrics {
             "health_checks",
             "Health check results, by result",
             m.health_checks.clone(),
+        );
+        r.register(
+            "discovery_resolutions",
+            "Discovery (DNS) resolutions of a pool's backends, by result",
+            m.discovery_resolutions.clone(),
+        );
+        r.register(
+            "discovery_up",
+            "1 while the pool's last discovery resolution worked (0: it keeps its last known backends)",
+            m.discovery_up.clone(),
         );
         r.register(
             "drains_started",

@@ -46,6 +46,8 @@ pub struct Pool {
     /// HTTP: retry tokens; each request adds `retry_budget_percent / 100`, each
     /// retry spends one.
     retry_tokens: std::sync::Mutex<f64>,
+    /// What discovery last did (empty without discovery).
+    discovery: std::sync::Mutex<Option<crate::discovery::DiscoveryStatus>>,
 }
 
 /// How often idle kept-alive connections are checked for expiry.
@@ -141,6 +143,7 @@ impl Pool {
             stop,
             http_idle: crate::l7::client::KeepAlive::default(),
             retry_tokens: std::sync::Mutex::new(RETRY_TOKENS_START),
+            discovery: std::sync::Mutex::new(None),
         })
     }
 
@@ -173,6 +176,8 @@ impl Pool {
         for b in self.backends().iter() {
             self.start_checks(b);
         }
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::discovery::start(self, tasks);
         let pool = Arc::downgrade(self);
         let stop = self.stop.clone();
         tokio::spawn(async move {
@@ -212,17 +217,24 @@ impl Pool {
                 balancer: Balancer::new(cfg.balance),
             });
         }
-        if old.health != cfg.health || old.upstream != cfg.upstream {
+        if old.health != cfg.health
+            || old.upstream != cfg.upstream
+            || old.discovery != cfg.discovery
+        {
             // Restart background tasks under the new settings.
             let fresh = self.stop.child_token();
             let stale = std::mem::replace(
                 &mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()),
-                fresh,
+                fresh.clone(),
             );
             stale.cancel();
             for b in self.backends().iter() {
                 self.start_checks(b);
             }
+            if cfg.discovery.is_none() {
+                *self.discovery.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            crate::discovery::start(self, fresh);
         }
         let current = self.backends();
         for spec in &cfg.backends {
@@ -246,7 +258,8 @@ impl Pool {
             if cfg.backends.iter().any(|s| s.addr == b.addr()) {
                 continue;
             }
-            if b.is_api_managed() || !b.is_from_config() {
+            let discovery_ended = b.is_discovered() && cfg.discovery.is_none();
+            if b.is_api_managed() || (!b.is_from_config() && !discovery_ended) {
                 changes.kept_api_state.push(b.addr());
             } else if !b.is_draining() {
                 self.start_drain(Arc::clone(b), None, true);
@@ -256,9 +269,106 @@ impl Pool {
         changes
     }
 
+    /// Applies a discovery answer: addresses new to the pool are added (ramping up
+    /// when `ramp`, that is after the first answer), discovered backends missing
+    /// from it are drained and removed, a draining discovered backend that is back
+    /// is restored. Backends from the config file or the admin API are not touched.
+    pub fn apply_discovered(
+        self: &Arc<Self>,
+        source: &str,
+        addrs: &[SocketAddr],
+        weight: u32,
+        ttl: Duration,
+        ramp: bool,
+    ) {
+        let current = self.backends();
+        for &addr in addrs {
+            match current.iter().find(|b| b.addr() == addr) {
+                Some(b) if b.is_discovered() && !b.is_api_managed() && b.is_draining() => {
+                    let list = self.write();
+                    if let Some(t) = b.replace_drain(None) {
+                        t.cancel.cancel();
+                    }
+                    b.set_draining(false);
+                    b.begin_ramp(self.now_ms());
+                    drop(list);
+                    tracing::info!(pool = %self.name, backend.addr = %addr, %source, "discovered again: drain cancelled");
+                }
+                Some(_) => {}
+                None => {
+                    let b = Arc::new(Backend::new(addr, weight).found_by_discovery());
+                    if self.add_ramping(b, ramp) {
+                        tracing::info!(pool = %self.name, backend.addr = %addr, %source, "backend discovered");
+                    }
+                }
+            }
+        }
+        for b in current.iter() {
+            if b.is_discovered()
+                && !b.is_api_managed()
+                && !b.is_draining()
+                && !addrs.contains(&b.addr())
+            {
+                tracing::info!(pool = %self.name, backend.addr = %b.addr(), %source, "backend no longer discovered: draining");
+                self.start_drain(Arc::clone(b), None, true);
+            }
+        }
+        let mut status = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        let s = status.get_or_insert_with(Default::default);
+        s.source = source.to_string();
+        s.up = true;
+        s.addresses = addrs.iter().map(ToString::to_string).collect();
+        s.last_ok_ms = Some(self.now_ms());
+        s.last_error = None;
+        s.ttl_s = Some(ttl.as_secs());
+        s.resolutions += 1;
+        self.count_resolution(true);
+    }
+
+    /// Records a failed or empty resolution: nothing changes in the pool.
+    pub fn discovery_failed(&self, source: &str, error: String) {
+        tracing::warn!(pool = %self.name, %source, %error, "discovery failed");
+        let mut status = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        let s = status.get_or_insert_with(Default::default);
+        s.source = source.to_string();
+        s.up = false;
+        s.last_error = Some(error);
+        s.resolutions += 1;
+        self.count_resolution(false);
+    }
+
+    fn count_resolution(&self, ok: bool) {
+        let pool = self.name.to_string();
+        self.metrics
+            .discovery_resolutions
+            .get_or_create(&crate::metrics::PoolResultLabels {
+                pool: pool.clone(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+        self.metrics
+            .discovery_up
+            .get_or_create(&crate::metrics::PoolLabels { pool })
+            .set(i64::from(ok));
+    }
+
+    /// What discovery last did, if the pool has discovery.
+    pub fn discovery_status(&self) -> Option<crate::discovery::DiscoveryStatus> {
+        self.discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Adds a backend unless one with its address is already there.
     fn add(self: &Arc<Self>, b: Arc<Backend>) -> bool {
-        if self.settings().slow_start.is_some() {
+        self.add_ramping(b, true)
+    }
+
+    /// Adds a backend unless one with its address is already there; it ramps up
+    /// over `slow_start` if `ramp`.
+    fn add_ramping(self: &Arc<Self>, b: Arc<Backend>, ramp: bool) -> bool {
+        if ramp && self.settings().slow_start.is_some() {
             b.begin_ramp(self.now_ms());
         }
         {

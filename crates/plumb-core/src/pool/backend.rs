@@ -74,6 +74,8 @@ pub struct Backend {
     details: Mutex<Details>,
     /// Listed in the config file (as opposed to registered through the admin API).
     from_config: bool,
+    /// Found by the pool's discovery (DNS): discovery adds and drains it.
+    discovered: bool,
     /// The admin API changed it (registered, reweighted, drained): a reload leaves it
     /// alone.
     api_managed: AtomicBool,
@@ -121,6 +123,7 @@ impl Backend {
             current: AtomicI64::new(0),
             details: Mutex::new(Details::default()),
             from_config: false,
+            discovered: false,
             api_managed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             http_abort: Mutex::new(CancellationToken::new()),
@@ -138,6 +141,17 @@ impl Backend {
     /// Whether the config file lists it.
     pub fn is_from_config(&self) -> bool {
         self.from_config
+    }
+
+    /// Marks a backend as found by the pool's discovery.
+    pub(crate) fn found_by_discovery(mut self) -> Backend {
+        self.discovered = true;
+        self
+    }
+
+    /// Whether the pool's discovery found it (and may drain it when it goes).
+    pub fn is_discovered(&self) -> bool {
+        self.discovered
     }
 
     /// Whether the admin API changed it, so that a reload leaves it alone.

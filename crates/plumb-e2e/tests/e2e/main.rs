@@ -12,6 +12,7 @@ mod backend_limit;
 mod balance;
 mod bytes;
 mod close;
+mod discovery;
 mod drain;
 mod ejection;
 mod health;
