@@ -26,6 +26,7 @@ pub struct Runtime {
     pub workers: Option<Value>,
     pub access_log: Option<Value>,
     pub shutdown_grace: Option<Value>,
+    pub upgrade_socket: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

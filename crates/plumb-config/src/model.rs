@@ -36,6 +36,10 @@ pub struct Runtime {
     /// long, then closes the rest. Default 30 s: long enough for requests in flight,
     /// short enough for an orchestrator's kill timeout.
     pub shutdown_grace: Duration,
+    /// A Unix socket path where this plumb hands its listening sockets to a
+    /// successor (`plumb serve --take-over`) for a binary upgrade without refusing
+    /// a connection. Default: none (no upgrades).
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// Where access-log lines go.

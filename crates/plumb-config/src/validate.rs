@@ -350,10 +350,21 @@ impl Validator {
             "runtime.shutdown_grace",
             DEFAULT_SHUTDOWN_GRACE,
         );
+        let upgrade_socket = r.upgrade_socket.as_ref().and_then(|v| {
+            match self.string(v, "runtime.upgrade_socket") {
+                Some("") => {
+                    self.err("runtime.upgrade_socket", "empty path");
+                    None
+                }
+                Some(path) => Some(PathBuf::from(path)),
+                None => None,
+            }
+        });
         Runtime {
             workers,
             access_log,
             shutdown_grace,
+            upgrade_socket,
         }
     }
 

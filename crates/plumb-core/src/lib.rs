@@ -26,5 +26,5 @@ pub mod upstream;
 
 pub use accesslog::{AccessLog, End};
 pub use cause::{Cause, Side};
-pub use listener::{bind, bind_all, BoundListener};
+pub use listener::{bind, bind_all, bind_all_with, BoundListener};
 pub use server::Server;

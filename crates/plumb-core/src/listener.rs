@@ -6,6 +6,7 @@
 //! errors such as `EMFILE` back off and retry instead of ending the loop.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,16 +60,43 @@ pub struct BindError {
 
 /// Binds every listener of a config. Nothing is accepted until the server runs.
 pub fn bind_all(config: &model::Config) -> Result<Vec<BoundListener>, BindError> {
-    config.listeners.iter().map(bind).collect()
+    bind_all_with(config, &mut HashMap::new())
+}
+
+/// Like [`bind_all`], but an address found in `inherited` (listening sockets a
+/// previous plumb handed over) uses that socket, taken out of the map, instead of
+/// a new one: the same socket and accept queue, so no connection attempt is
+/// refused while one process hands over to the next. The listener's backlog and
+/// socket options are applied to it again.
+pub fn bind_all_with(
+    config: &model::Config,
+    inherited: &mut HashMap<SocketAddr, std::net::TcpListener>,
+) -> Result<Vec<BoundListener>, BindError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| bind_with(l, inherited))
+        .collect()
 }
 
 /// Binds one listener's addresses with its backlog and MSS clamp.
 pub fn bind(l: &model::Listener) -> Result<BoundListener, BindError> {
+    bind_with(l, &mut HashMap::new())
+}
+
+fn bind_with(
+    l: &model::Listener,
+    inherited: &mut HashMap<SocketAddr, std::net::TcpListener>,
+) -> Result<BoundListener, BindError> {
     let sockets = l
         .listen
         .iter()
         .map(|addr| {
-            bind_one(*addr, l.backlog, &l.tcp).map_err(|source| BindError {
+            let made = match inherited.remove(addr) {
+                Some(socket) => adopt(socket, l.backlog, &l.tcp),
+                None => bind_one(*addr, l.backlog, &l.tcp),
+            };
+            made.map_err(|source| BindError {
                 listener: l.name.clone(),
                 addr: *addr,
                 source,
@@ -79,6 +107,20 @@ pub fn bind(l: &model::Listener) -> Result<BoundListener, BindError> {
         name: l.name.clone(),
         sockets,
     })
+}
+
+/// An inherited listening socket, set up as [`bind_one`] sets up a new one.
+fn adopt(
+    socket: std::net::TcpListener,
+    backlog: u32,
+    tcp: &model::TcpOptions,
+) -> io::Result<std::net::TcpListener> {
+    sockopt::apply_before_handshake(&socket, tcp)?;
+    sockopt::apply_established(&socket, tcp);
+    // listen(2) again on a listening socket only changes its backlog.
+    socket2::SockRef::from(&socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 fn bind_one(

@@ -57,6 +57,9 @@ struct Running {
     settings: model::Listener,
     slot: Arc<ListenerSlot>,
     stop: CancellationToken,
+    /// A duplicate of each listening socket (the accept loops own the originals),
+    /// to hand to a successor process.
+    handover: Vec<std::net::TcpListener>,
 }
 
 /// What a reload did, in words, for the log and the admin API.
@@ -230,6 +233,19 @@ impl Server {
     /// A listener's counters by name.
     pub fn listener_stats(&self, name: &str) -> Option<Arc<ListenerStats>> {
         read(&self.stats).get(name).cloned()
+    }
+
+    /// A duplicate of every socket the running listeners accept on, for a
+    /// successor process to accept on the same sockets (`plumb serve --take-over`).
+    pub fn listening_sockets(&self) -> io::Result<Vec<std::net::TcpListener>> {
+        let running = lock(&self.running);
+        let mut out = Vec::new();
+        for r in running.values() {
+            for s in &r.handover {
+                out.push(s.try_clone()?);
+            }
+        }
+        Ok(out)
     }
 
     /// Accepts on `bound` until `shutdown` resolves; then stops accepting, lets open
@@ -488,11 +504,17 @@ impl Server {
         if old.admin != new.admin {
             summary.needs_restart.push("admin".to_string());
         }
+        if old.runtime.upgrade_socket != new.runtime.upgrade_socket {
+            summary
+                .needs_restart
+                .push("runtime.upgrade_socket".to_string());
+        }
         let mut kept = new.clone();
         // What only a restart applies stays as it is, so that `config()` tells the truth.
         kept.runtime.workers = old.runtime.workers;
         kept.runtime.access_log = old.runtime.access_log.clone();
         kept.admin = old.admin.clone();
+        kept.runtime.upgrade_socket = old.runtime.upgrade_socket.clone();
         *write(&self.config) = Arc::new(kept);
         for c in &summary.changes {
             tracing::info!(change = %c, "reload");
@@ -549,7 +571,9 @@ impl Server {
         })?;
         let slot = ListenerSlot::new(ctx);
         let stop = self.stop.child_token();
+        let mut handover = Vec::with_capacity(sockets.len());
         for socket in sockets {
+            handover.push(socket.try_clone()?);
             let listener = TcpListener::from_std(socket)?;
             tracing::info!(listener = %settings.name, addr = %listener.local_addr()?, protocol = settings.protocol.as_str(), "listening");
             self.shared
@@ -562,6 +586,7 @@ impl Server {
                 settings: settings.clone(),
                 slot,
                 stop,
+                handover,
             },
         );
         Ok(())

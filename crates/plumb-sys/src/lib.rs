@@ -3,8 +3,10 @@
 //! Each socket option is a safe function over anything that owns a file descriptor
 //! (`AsFd`), so the same call works on a `std`, `tokio` or `socket2` socket. Most go
 //! through `socket2`; the few that `socket2` does not cover (`TCP_INFO`, `IP_MTU_DISCOVER`) go through
-//! tiny `unsafe` helpers in [`raw`], each with a `SAFETY` comment. No other plumb crate
-//! contains `unsafe` code.
+//! tiny `unsafe` helpers in [`raw`], each with a `SAFETY` comment. Passing listening
+//! sockets to a successor process (`SCM_RIGHTS`) goes through `nix`, with the one
+//! adoption of received descriptors in [`raw`]. No other plumb crate contains
+//! `unsafe` code.
 //!
 //! Only Linux is supported: plumb reads Linux-specific TCP state (`TCP_INFO`,
 //! `TCP_USER_TIMEOUT`). On other targets the crate does not build.
@@ -150,6 +152,78 @@ pub fn kill_process_group(pgid: u32) -> io::Result<()> {
     raw::killpg(pgid, libc::SIGKILL)
 }
 
+/// The most descriptors [`recv_with_fds`] accepts in one message.
+pub const MAX_PASSED_FDS: usize = 64;
+
+/// Sends `bytes` and a copy of each of `fds` (`SCM_RIGHTS`) in one message on a
+/// Unix stream socket: how a running plumb hands its listening sockets to its
+/// successor.
+pub fn send_with_fds(
+    sock: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {MAX_PASSED_FDS} descriptors in one message"),
+        ));
+    }
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let cmsgs = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    let iov = [io::IoSlice::new(bytes)];
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None)
+        .map_err(io::Error::from)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "message sent only in part",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives one message sent with [`send_with_fds`]: its bytes (into `buf`) and
+/// the descriptors that came with it, owned by the caller (close-on-exec).
+pub fn recv_with_fds(
+    sock: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_PASSED_FDS]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(got) = c {
+            fds.extend(got);
+        }
+    }
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let n = msg.bytes;
+    let fds = raw::adopt(fds);
+    if truncated {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "descriptors were cut off (more than the buffer holds)",
+        ));
+    }
+    Ok((n, fds))
+}
+
 /// The kernel's TCP counters for this network namespace, from `/proc/net/netstat`
 /// (`TcpExt`) and `/proc/net/snmp` (`Tcp`). These are what showed incident 003: SYNs
 /// dropped because an accept queue overflowed, and retransmissions.
@@ -215,5 +289,33 @@ mod proc_tests {
         assert_eq!(parse_kernel_counters("", ""), KernelTcpCounters::default());
         // This machine's own files parse.
         assert!(kernel_tcp_counters().is_ok());
+    }
+}
+
+#[cfg(test)]
+mod fd_passing_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_listening_socket_crosses_a_unix_socket_and_still_accepts() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        send_with_fds(&a, b"one listener", &[listener.as_fd()]).unwrap();
+        drop(listener);
+        let mut buf = [0u8; 64];
+        let (n, fds) = recv_with_fds(&b, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one listener");
+        assert_eq!(fds.len(), 1);
+        let received = std::net::TcpListener::from(fds.into_iter().next().unwrap());
+        assert_eq!(received.local_addr().unwrap(), addr);
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (mut served, _) = received.accept().unwrap();
+        client.write_all(b"x").unwrap();
+        let mut got = [0u8; 1];
+        served.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"x");
     }
 }

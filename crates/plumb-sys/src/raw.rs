@@ -77,3 +77,14 @@ pub(crate) fn killpg(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Takes ownership of descriptors the kernel just installed in this process
+/// (received with `SCM_RIGHTS`).
+pub(crate) fn adopt(fds: Vec<std::os::fd::RawFd>) -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    fds.into_iter()
+        // SAFETY: each descriptor was installed by the kernel for this message and is
+        // owned by nothing else in this process; it is wrapped exactly once.
+        .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+        .collect()
+}

@@ -5,6 +5,7 @@ mod demo;
 mod doctor;
 mod probe;
 mod serve;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,15 @@ enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Take the listening sockets over from the plumb serving upgrades at
+        /// SOCKET (default: the config's runtime.upgrade_socket), then let it drain:
+        /// a binary upgrade that refuses no connection.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1)]
+        #[allow(
+            clippy::option_option,
+            reason = "clap: absent, given bare, or given a value"
+        )]
+        take_over: Option<Option<PathBuf>>,
     },
     /// Validate a config file: print every error with its field path; exit 1 if any.
     #[command(
@@ -108,7 +118,7 @@ pub fn init_logging(args: &Args) {
 /// Runs the chosen command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        Command::Serve { config } => serve::run(&config),
+        Command::Serve { config, take_over } => serve::run(&config, take_over),
         Command::Check { config, format } => Ok(check::run(&config, format)),
         Command::Probe(a) => probe::run(a),
         Command::Doctor(a) => doctor::run(a),

@@ -14,6 +14,7 @@ use support::{echo_server, Plumb};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -234,6 +235,136 @@ fn a_tcp_connection_and_a_websocket_survive_100_reloads() {
     assert!(!p.stderr().contains("reload failed"), "{}", p.stderr());
     p.signal("TERM");
     assert!(p
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+/// Issue 9 item 5: a new plumb takes the listening sockets over from the running
+/// one (`--take-over`, through `runtime.upgrade_socket`) while a client opens
+/// connection after connection: none is refused or lost. The old process stops
+/// accepting, keeps its open connection until `shutdown_grace`, then exits 0;
+/// the new one serves the admin API on the same port and can itself be upgraded.
+#[test]
+fn a_binary_upgrade_refuses_no_connection() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let backend = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let sock = dir.path().join("upgrade.sock");
+    let file = dir.path().join("plumb.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[runtime]\naccess_log = \"off\"\nshutdown_grace = \"2s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut old = Plumb::spawn(&["serve", "-c", file.to_str().unwrap()]);
+    assert!(
+        old.wait_stderr("serving binary upgrades", Duration::from_secs(10)),
+        "{}",
+        old.stderr()
+    );
+    let mut held = connect(front);
+    round_trip(&mut held, b"before");
+
+    // A client that opens connection after connection and checks each echoes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = {
+        let (stop, ok, failed, errors) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            Arc::clone(&errors),
+        );
+        thread::spawn(move || {
+            let mut i = 0u32;
+            // Bounded: at most 20,000 connections or until told to stop.
+            while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                i += 1;
+                let attempt = (|| -> std::io::Result<()> {
+                    let mut s = TcpStream::connect_timeout(&front, Duration::from_secs(2))?;
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let msg = format!("conn {i}");
+                    s.write_all(msg.as_bytes())?;
+                    let mut got = vec![0u8; msg.len()];
+                    s.read_exact(&mut got)?;
+                    if got != msg.as_bytes() {
+                        return Err(std::io::Error::other("wrong echo"));
+                    }
+                    Ok(())
+                })();
+                match attempt {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.lock().unwrap().push(format!("conn {i}: {e}"));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let before = ok.load(Ordering::Relaxed);
+
+    let mut new = Plumb::spawn(&["serve", "-c", file.to_str().unwrap(), "--take-over"]);
+    assert!(
+        new.wait_stderr(
+            "took over: the old plumb stops accepting",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        new.stderr()
+    );
+    assert!(
+        old.wait_stderr("handed the listening sockets", Duration::from_secs(5)),
+        "{}",
+        old.stderr()
+    );
+    // The old process drains: its open connection still works...
+    round_trip(&mut held, b"draining");
+    // ...until the grace period ends, then it exits 0 and the connection closes.
+    let status = old.wait_exit(Duration::from_secs(8));
+    assert!(status.is_some_and(|s| s.success()), "{}", old.stderr());
+    let mut buf = [0u8; 8];
+    let closed = matches!(held.read(&mut buf), Ok(0) | Err(_));
+    assert!(closed, "the old process's connection outlived it");
+
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{:?}", errors.lock().unwrap());
+    assert!(
+        ok > before + 50,
+        "{ok} connections, {before} before the upgrade"
+    );
+
+    // The admin API is the new process's, on the same port.
+    let (status, body) = http(admin, "GET", "/api/v1/pools");
+    assert_eq!(status, 200, "{body}");
+    // And the new process can be upgraded in turn.
+    let mut newer = Plumb::spawn(&["serve", "-c", file.to_str().unwrap(), "--take-over"]);
+    assert!(
+        newer.wait_stderr(
+            "took over: the old plumb stops accepting",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        newer.stderr()
+    );
+    assert!(new
+        .wait_exit(Duration::from_secs(8))
+        .is_some_and(|s| s.success()));
+    round_trip(&mut connect(front), b"third");
+    newer.signal("TERM");
+    assert!(newer
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 }

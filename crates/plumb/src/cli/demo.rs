@@ -67,7 +67,15 @@ pub fn run(
         println!("per connection). Ctrl-C stops the demo.");
         let server = std::sync::Arc::new(Server::new(&config, AccessLog::stderr()));
         let admin = plumb_admin::Admin::new(std::sync::Arc::clone(&server), None, "demo".to_string(), None);
-        super::serve::run_with_admin(server, bound, admin_listener, admin, signals).await?;
+        super::serve::run_with_admin(
+            server,
+            bound,
+            admin_listener,
+            admin,
+            signals,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await?;
         drop(origins);
         anyhow::Ok(())
     })?;

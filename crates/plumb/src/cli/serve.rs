@@ -1,6 +1,7 @@
 //! `plumb serve`: load the config, bind every listener and the admin API (failing
 //! before accepting anything if one cannot bind), and run until SIGTERM/SIGINT.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,11 @@ use plumb_config::Config;
 use plumb_core::Server;
 use tokio_util::sync::CancellationToken;
 
-pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+#[allow(
+    clippy::option_option,
+    reason = "--take-over: absent, bare, or with a path"
+)]
+pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let config = match plumb_config::parse(&text) {
@@ -27,33 +32,90 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    // `--take-over` without a value: the config's upgrade socket.
+    let take_over = match take_over {
+        Some(None) => match &config.runtime.upgrade_socket {
+            Some(sock) => Some(sock.clone()),
+            None => anyhow::bail!(
+                "--take-over needs a socket path, or runtime.upgrade_socket in the config"
+            ),
+        },
+        Some(Some(p)) => Some(p),
+        None => None,
+    };
+    let inherited = take_over
+        .as_deref()
+        .map(super::upgrade::take_over)
+        .transpose()?;
     let checksum = plumb_admin::reload::checksum(&text);
     let token = read_token(&config)?;
     let access_log = Server::open_access_log(&config).context("cannot open the access log")?;
     let rt = super::runtime(config.runtime.workers)?;
     rt.block_on(async {
         let signals = super::Signals::install();
-        let bound = plumb_core::bind_all(&config)?;
-        let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "admin API: cannot listen on {} (admin.listen)",
-                    config.admin.listen
-                )
-            })?;
+        let mut sockets = HashMap::new();
+        let mut handover = None;
+        if let Some(mut i) = inherited {
+            tracing::info!(
+                from.pid = i.from_pid,
+                sockets = i.sockets.len(),
+                "took over listening sockets"
+            );
+            sockets = std::mem::take(&mut i.sockets);
+            handover = Some(i);
+        }
+        let bound = plumb_core::bind_all_with(&config, &mut sockets)?;
+        let admin_listener = match sockets.remove(&config.admin.listen) {
+            Some(s) => {
+                s.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(s)?
+            }
+            None => tokio::net::TcpListener::bind(config.admin.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "admin API: cannot listen on {} (admin.listen)",
+                        config.admin.listen
+                    )
+                })?,
+        };
+        // Sockets the old process had that this config does not use close here
+        // (the old process still holds them until it exits).
+        drop(sockets);
         tracing::info!(addr = %config.admin.listen, token = token.is_some(), "admin API listening");
         for a in plumb_config::advise(&config) {
             tracing::warn!(field = %a.path, "{}", a.message);
         }
         let server = Arc::new(Server::new(&config, access_log));
+        let handed_over = CancellationToken::new();
+        let took_over = handover.is_some();
+        if let Some(h) = handover {
+            // The sockets are listening (inherited): connections queue until the
+            // accept loops start, a moment later. Now the old process may stop.
+            let from = h.from_pid;
+            h.ready().context("the handover did not complete")?;
+            tracing::info!(
+                from.pid = from,
+                "took over: the old plumb stops accepting and drains"
+            );
+        }
+        if let Some(sock) = &config.runtime.upgrade_socket {
+            let admin_dup = admin_listener_dup(&admin_listener)?;
+            super::upgrade::serve_successors(
+                sock,
+                took_over,
+                Arc::clone(&server),
+                admin_dup,
+                handed_over.clone(),
+            )?;
+        }
         let admin = plumb_admin::Admin::new(
             Arc::clone(&server),
             token,
             checksum,
             Some(path.to_path_buf()),
         );
-        run_with_admin(server, bound, admin_listener, admin, signals).await
+        run_with_admin(server, bound, admin_listener, admin, signals, handed_over).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -67,6 +129,7 @@ pub(super) async fn run_with_admin(
     admin_listener: tokio::net::TcpListener,
     admin: plumb_admin::Admin,
     signals: super::Signals,
+    handed_over: CancellationToken,
 ) -> anyhow::Result<()> {
     let admin = Arc::new(admin);
     let admin_stop = CancellationToken::new();
@@ -93,7 +156,17 @@ pub(super) async fn run_with_admin(
             Err(e) => tracing::error!(error = %e, "reload failed; nothing was changed"),
         }
     };
-    let result = server.run(bound, signals.shutdown(on_hup)).await;
+    // A successor took the sockets: the admin API is its now; this process drains.
+    let shutdown = {
+        let admin_stop = admin_stop.clone();
+        async move {
+            tokio::select! {
+                () = signals.shutdown(on_hup) => {}
+                () = handed_over.cancelled() => admin_stop.cancel(),
+            }
+        }
+    };
+    let result = server.run(bound, shutdown).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     Ok(result?)
@@ -110,4 +183,10 @@ fn read_token(config: &Config) -> anyhow::Result<Option<String>> {
         anyhow::bail!("admin.token_file: {} is empty", path.display());
     }
     Ok(Some(token.to_string()))
+}
+
+/// A duplicate of the admin API's listening socket, to hand to a successor.
+fn admin_listener_dup(l: &tokio::net::TcpListener) -> anyhow::Result<std::net::TcpListener> {
+    use std::os::fd::AsFd;
+    Ok(std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?))
 }
