@@ -313,6 +313,7 @@ fn a_binary_upgrade_refuses_no_connection() {
     thread::sleep(Duration::from_millis(300));
     let before = ok.load(Ordering::Relaxed);
 
+    let started = tokio::time::Instant::now();
     let mut new = Plumb::spawn(&["serve", "-c", file.to_str().unwrap(), "--take-over"]);
     assert!(
         new.wait_stderr(
@@ -322,6 +323,7 @@ fn a_binary_upgrade_refuses_no_connection() {
         "{}",
         new.stderr()
     );
+    let handover = started.elapsed();
     assert!(
         old.wait_stderr("handed the listening sockets", Duration::from_secs(5)),
         "{}",
@@ -340,6 +342,9 @@ fn a_binary_upgrade_refuses_no_connection() {
     stop.store(true, Ordering::Relaxed);
     client.join().unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "upgrade: {ok} connections, {failed} failed; new process ready {handover:?} after its start"
+    );
     assert_eq!(failed, 0, "{:?}", errors.lock().unwrap());
     assert!(
         ok > before + 50,
