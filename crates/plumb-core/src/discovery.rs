@@ -108,22 +108,52 @@ pub fn next_after(ttl: Duration, refresh: Duration) -> Duration {
     ttl.clamp(MIN_INTERVAL, refresh.max(MIN_INTERVAL))
 }
 
-/// Runs discovery for `pool` until `stop`.
-pub(crate) async fn run(pool: Weak<Pool>, cfg: DnsDiscovery, stop: CancellationToken) {
+/// Runs discovery for `pool` until `stop`; `first_done` fires once the first
+/// resolution has been applied or has failed.
+pub(crate) async fn run(
+    pool: Weak<Pool>,
+    cfg: DnsDiscovery,
+    stop: CancellationToken,
+    first_done: tokio::sync::oneshot::Sender<()>,
+) {
     let source = format!("dns {}:{}", cfg.name, cfg.port);
-    let resolver = match resolver(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(pool) = pool.upgrade() {
-                pool.discovery_failed(&source, format!("cannot set up the resolver: {e}"));
+    let mut first_done = Some(first_done);
+    let mut first = true;
+    let mut resolver = None;
+    loop {
+        if resolver.is_none() {
+            match self::resolver(&cfg) {
+                Ok(r) => resolver = Some(r),
+                Err(e) => {
+                    if let Some(p) = pool.upgrade() {
+                        p.discovery_failed(&source, format!("cannot set up the resolver: {e}"));
+                    }
+                }
             }
+        }
+        let result = match &resolver {
+            Some(r) => tokio::select! {
+                () = stop.cancelled() => return,
+                r = resolve(r, &cfg.name) => Some(r),
+            },
+            None => None,
+        };
+        // A reload may have replaced this task while it waited: its answer is stale.
+        if stop.is_cancelled() {
             return;
         }
-    };
-    let mut first = true;
-    loop {
-        let result = resolve(&resolver, &cfg.name).await;
         let Some(p) = pool.upgrade() else { return };
+        let Some(result) = result else {
+            drop(p);
+            if let Some(tx) = first_done.take() {
+                let _ = tx.send(());
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(RETRY.min(cfg.refresh)) => {}
+            }
+            continue;
+        };
         let wait = match result {
             Ok((ips, ttl)) if !ips.is_empty() => {
                 let addrs: Vec<SocketAddr> = ips
@@ -147,6 +177,9 @@ pub(crate) async fn run(pool: Weak<Pool>, cfg: DnsDiscovery, stop: CancellationT
             }
         };
         drop(p);
+        if let Some(tx) = first_done.take() {
+            let _ = tx.send(());
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
@@ -154,11 +187,16 @@ pub(crate) async fn run(pool: Weak<Pool>, cfg: DnsDiscovery, stop: CancellationT
     }
 }
 
-/// Starts discovery for `pool` if its settings ask for it.
-pub(crate) fn start(pool: &Arc<Pool>, stop: CancellationToken) {
-    if let Some(plumb_config::model::Discovery::Dns(cfg)) = pool.settings().discovery.clone() {
-        tokio::spawn(run(Arc::downgrade(pool), cfg, stop));
-    }
+/// Starts discovery for `pool` if its settings ask for it; the receiver completes
+/// after the first resolution.
+pub(crate) fn start(
+    pool: &Arc<Pool>,
+    stop: CancellationToken,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let plumb_config::model::Discovery::Dns(cfg) = pool.settings().discovery.clone()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(run(Arc::downgrade(pool), cfg, stop, tx));
+    Some(rx)
 }
 
 #[cfg(test)]

@@ -170,14 +170,15 @@ impl Pool {
         self.http_idle.len()
     }
 
-    /// Starts health checks and the sweeper of idle kept-alive connections (needs a
-    /// tokio runtime).
-    pub fn start(self: &Arc<Self>) {
+    /// Starts health checks, discovery and the sweeper of idle kept-alive
+    /// connections (needs a tokio runtime). With discovery, the receiver completes
+    /// when its first resolution has been applied (or has failed).
+    pub fn start(self: &Arc<Self>) -> Option<tokio::sync::oneshot::Receiver<()>> {
         for b in self.backends().iter() {
             self.start_checks(b);
         }
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        crate::discovery::start(self, tasks);
+        let first = crate::discovery::start(self, tasks);
         let pool = Arc::downgrade(self);
         let stop = self.stop.clone();
         tokio::spawn(async move {
@@ -197,6 +198,7 @@ impl Pool {
                 });
             }
         });
+        first
     }
 
     /// Applies a reloaded config: new settings, and the difference between the
@@ -234,7 +236,7 @@ impl Pool {
             if cfg.discovery.is_none() {
                 *self.discovery.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
-            crate::discovery::start(self, fresh);
+            let _ = crate::discovery::start(self, fresh);
         }
         let current = self.backends();
         for spec in &cfg.backends {
@@ -259,6 +261,12 @@ impl Pool {
                 continue;
             }
             let discovery_ended = b.is_discovered() && cfg.discovery.is_none();
+            if cfg.discovery.is_some() && b.is_from_config() && !b.is_api_managed() {
+                // The pool switched to discovery: the file's backends are now
+                // discovery's to keep or drain, by the next answer.
+                b.set_discovered(true);
+                continue;
+            }
             if b.is_api_managed() || (!b.is_from_config() && !discovery_ended) {
                 changes.kept_api_state.push(b.addr());
             } else if !b.is_draining() {
@@ -285,16 +293,33 @@ impl Pool {
         for &addr in addrs {
             match current.iter().find(|b| b.addr() == addr) {
                 Some(b) if b.is_discovered() && !b.is_api_managed() && b.is_draining() => {
+                    // Under the list's lock, which a drain's removal also takes: the
+                    // backend is either still listed (restore it) or gone (add anew).
                     let list = self.write();
-                    if let Some(t) = b.replace_drain(None) {
-                        t.cancel.cancel();
+                    let listed = list.iter().find(|x| x.addr() == addr).cloned();
+                    match listed {
+                        Some(b) if b.is_draining() && !b.is_api_managed() => {
+                            if let Some(t) = b.replace_drain(None) {
+                                t.cancel.cancel();
+                            }
+                            b.set_draining(false);
+                            b.begin_ramp(self.now_ms());
+                            drop(list);
+                            tracing::info!(pool = %self.name, backend.addr = %addr, %source, "discovered again: drain cancelled");
+                        }
+                        Some(_) => {}
+                        None => {
+                            drop(list);
+                            let b = Arc::new(Backend::new(addr, weight).found_by_discovery());
+                            self.add_ramping(b, ramp);
+                        }
                     }
-                    b.set_draining(false);
-                    b.begin_ramp(self.now_ms());
-                    drop(list);
-                    tracing::info!(pool = %self.name, backend.addr = %addr, %source, "discovered again: drain cancelled");
                 }
-                Some(_) => {}
+                Some(b) => {
+                    if b.is_discovered() && !b.is_api_managed() && b.weight() != weight {
+                        b.set_weight(weight);
+                    }
+                }
                 None => {
                     let b = Arc::new(Backend::new(addr, weight).found_by_discovery());
                     if self.add_ramping(b, ramp) {
@@ -320,7 +345,8 @@ impl Pool {
         s.addresses = addrs.iter().map(ToString::to_string).collect();
         s.last_ok_ms = Some(self.now_ms());
         s.last_error = None;
-        s.ttl_s = Some(ttl.as_secs());
+        // A hosts-file answer has no TTL of its own.
+        s.ttl_s = (ttl != Duration::MAX).then_some(ttl.as_secs());
         s.resolutions += 1;
         self.count_resolution(true);
     }

@@ -256,6 +256,18 @@ impl Server {
         bound: Vec<BoundListener>,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
+        self.run_notifying(bound, shutdown, || {}).await
+    }
+
+    /// [`Server::run`], calling `started` once every listener accepts (after TLS
+    /// files loaded and discovery's first answer, or its bounded wait): the moment
+    /// a successor process tells its predecessor to stop accepting.
+    pub async fn run_notifying(
+        &self,
+        bound: Vec<BoundListener>,
+        shutdown: impl Future<Output = ()>,
+        started: impl FnOnce(),
+    ) -> io::Result<()> {
         let config = self.config();
         for l in &config.listeners {
             if let Some(files) = &l.tls {
@@ -265,9 +277,18 @@ impl Server {
                 write(&self.tls).insert(l.name.clone(), tls);
             }
         }
+        let mut first_answers = Vec::new();
         for pool in read(&self.pools).values() {
-            pool.start();
+            first_answers.extend(pool.start());
         }
+        // Pools fed by discovery get their first answer before clients come, within
+        // a bound: a resolver that does not answer must not keep plumb from starting.
+        let _ = tokio::time::timeout(FIRST_DISCOVERY_WAIT, async {
+            for rx in first_answers {
+                let _ = rx.await;
+            }
+        })
+        .await;
         for b in bound {
             let Some(settings) = config.listeners.iter().find(|l| l.name == b.name) else {
                 return Err(io::Error::new(
@@ -277,7 +298,13 @@ impl Server {
             };
             self.start_listener(settings, b.sockets)?;
         }
+        started();
         shutdown.await;
+        // The duplicates kept for a successor go now: with the accept loops' own
+        // sockets closing below, a listener no process holds refuses at once.
+        for r in lock(&self.running).values_mut() {
+            r.handover.clear();
+        }
         let grace = self.config().runtime.shutdown_grace;
         tracing::info!(
             open = self.shared.conns.len(),
@@ -600,6 +627,9 @@ impl Server {
 fn needs_rebind(old: &model::Listener, new: &model::Listener) -> bool {
     old.listen != new.listen || old.backlog != new.backlog || old.tcp != new.tcp
 }
+
+/// How long [`Server::run`] waits for discovery's first answers before accepting.
+const FIRST_DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
 fn join(addrs: &[std::net::SocketAddr]) -> String {
     addrs

@@ -189,6 +189,13 @@ pub fn send_with_fds(
     Ok(())
 }
 
+/// The user id of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_uid(sock: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)?;
+    Ok(cred.uid())
+}
+
 /// Receives one message sent with [`send_with_fds`]: its bytes (into `buf`) and
 /// the descriptors that came with it, owned by the caller (close-on-exec).
 pub fn recv_with_fds(

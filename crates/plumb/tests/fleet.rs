@@ -335,7 +335,11 @@ fn a_binary_upgrade_refuses_no_connection() {
     let status = old.wait_exit(Duration::from_secs(8));
     assert!(status.is_some_and(|s| s.success()), "{}", old.stderr());
     let mut buf = [0u8; 8];
-    let closed = matches!(held.read(&mut buf), Ok(0) | Err(_));
+    let closed = match held.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
     assert!(closed, "the old process's connection outlived it");
 
     thread::sleep(Duration::from_millis(300));
@@ -370,6 +374,69 @@ fn a_binary_upgrade_refuses_no_connection() {
     round_trip(&mut connect(front), b"third");
     newer.signal("TERM");
     assert!(newer
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+/// A successor that fails after receiving the sockets but before it is ready (here
+/// its access log cannot be opened) changes nothing: the old plumb says so and
+/// goes on serving, and can still be upgraded.
+#[test]
+fn a_failed_successor_leaves_the_old_plumb_serving() {
+    let backend = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let sock = dir.path().join("upgrade.sock");
+    let config = |log: &str| {
+        format!(
+            "[runtime]\naccess_log = \"{log}\"\nshutdown_grace = \"1s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+            sock.display()
+        )
+    };
+    let good = dir.path().join("good.toml");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&good, config("off")).unwrap();
+    std::fs::write(&bad, config("/nonexistent/dir/access.log")).unwrap();
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut old = Plumb::spawn(&["serve", "-c", good.to_str().unwrap()]);
+    assert!(
+        old.wait_stderr("serving binary upgrades", Duration::from_secs(10)),
+        "{}",
+        old.stderr()
+    );
+    let mut failed = Plumb::spawn(&["serve", "-c", bad.to_str().unwrap(), "--take-over"]);
+    let status = failed.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        failed.stderr()
+    );
+    assert!(
+        old.wait_stderr(
+            "a successor did not take over; still serving",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        old.stderr()
+    );
+    round_trip(&mut connect(front), b"still the old one");
+    // A good successor still takes over.
+    let mut new = Plumb::spawn(&["serve", "-c", good.to_str().unwrap(), "--take-over"]);
+    assert!(
+        new.wait_stderr(
+            "took over: the old plumb stops accepting",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        new.stderr()
+    );
+    assert!(old
+        .wait_exit(Duration::from_secs(8))
+        .is_some_and(|s| s.success()));
+    round_trip(&mut connect(front), b"the new one");
+    new.signal("TERM");
+    assert!(new
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 }

@@ -74,8 +74,9 @@ pub struct Backend {
     details: Mutex<Details>,
     /// Listed in the config file (as opposed to registered through the admin API).
     from_config: bool,
-    /// Found by the pool's discovery (DNS): discovery adds and drains it.
-    discovered: bool,
+    /// Found by the pool's discovery (DNS), or handed to it when the pool switched
+    /// to discovery: discovery adds and drains it.
+    discovered: AtomicBool,
     /// The admin API changed it (registered, reweighted, drained): a reload leaves it
     /// alone.
     api_managed: AtomicBool,
@@ -123,7 +124,7 @@ impl Backend {
             current: AtomicI64::new(0),
             details: Mutex::new(Details::default()),
             from_config: false,
-            discovered: false,
+            discovered: AtomicBool::new(false),
             api_managed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             http_abort: Mutex::new(CancellationToken::new()),
@@ -144,14 +145,18 @@ impl Backend {
     }
 
     /// Marks a backend as found by the pool's discovery.
-    pub(crate) fn found_by_discovery(mut self) -> Backend {
-        self.discovered = true;
+    pub(crate) fn found_by_discovery(self) -> Backend {
+        self.set_discovered(true);
         self
+    }
+
+    pub(crate) fn set_discovered(&self, yes: bool) {
+        self.discovered.store(yes, Ordering::Relaxed);
     }
 
     /// Whether the pool's discovery found it (and may drain it when it goes).
     pub fn is_discovered(&self) -> bool {
-        self.discovered
+        self.discovered.load(Ordering::Relaxed)
     }
 
     /// Whether the admin API changed it, so that a reload leaves it alone.

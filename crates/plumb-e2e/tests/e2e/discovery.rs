@@ -113,7 +113,7 @@ fn ip(last: u8) -> Ipv4Addr {
 
 fn toml(port: u16, dns: SocketAddr, refresh: &str) -> String {
     format!(
-        "[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\ndiscovery = {{ dns = \"app.test:{port}\", nameserver = \"{dns}\", refresh = \"{refresh}\" }}\nslow_start = \"5s\"\nhealth = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"200ms\" }}\n[pool.drain]\ntimeout = \"800ms\"\nclose_spread = \"0s\"\n"
+        "[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\ndiscovery = {{ dns = \"app.test:{port}\", nameserver = \"{dns}\", refresh = \"{refresh}\" }}\nslow_start = \"5s\"\nhealth = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"200ms\" }}\n[pool.drain]\ntimeout = \"3s\"\nclose_spread = \"0s\"\n"
     )
 }
 
@@ -172,26 +172,26 @@ async fn every_address_is_a_backend_and_changes_drain_not_cut() {
     assert_eq!(on_two.active(), 1);
 
     // .2 leaves DNS, .4 joins: within the 1 s TTL (+ margin) .4 is added and
-    // ramping, .2 drains (its connection still works) and is removed after 800 ms.
+    // ramping, .2 drains (its connection still works) and is removed after 3 s.
     *dns.answers.lock().unwrap() = vec![ip(3), ip(4)];
     assert!(
         eventually(Duration::from_secs(4), || pool
-            .backend(at(port, 4))
-            .is_some())
+            .backend(at(port, 2))
+            .is_some_and(|b| b.is_draining()))
         .await
     );
     let now = pool.now_ms();
     let four = pool.backend(at(port, 4)).unwrap();
+    // Full weight 1 counts as 100 here; slow start begins at a tenth.
     assert!(
-        four.effective_weight(now, 5_000) < 1_000,
+        four.effective_weight(now, 5_000) < 100,
         "a new address starts with slow start"
     );
-    assert!(pool.backend(at(port, 2)).unwrap().is_draining());
     for s in &mut held {
         round_trip(s).await.unwrap();
     }
     assert!(
-        eventually(Duration::from_secs(3), || backends(&plumb)
+        eventually(Duration::from_secs(6), || backends(&plumb)
             == vec![at(port, 3), at(port, 4)])
         .await,
         "{:?}",
@@ -264,4 +264,41 @@ async fn resolution_follows_the_ttl_within_bounds() {
 
 async fn dns_with_ttl(ttl: u32) -> Dns {
     dns(&[ip(2)], ttl).await
+}
+
+/// A reload that switches a pool from listed backends to discovery hands them to
+/// discovery: those in the answer stay (not drained), the others drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_discovery_keeps_the_backends_dns_still_names() {
+    let (port, _echoes) = three_echoes().await;
+    let dns = dns(&[ip(2), ip(3)], 1).await;
+    let listed = format!(
+        "[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbackends = [\"{}\", \"{}\", \"{}\"]\n[pool.drain]\ntimeout = \"3s\"\nclose_spread = \"0s\"\n",
+        at(port, 2),
+        at(port, 3),
+        at(port, 4)
+    );
+    let plumb = Plumb::start(&listed).await;
+    let mut held = TcpStream::connect(plumb.addr()).await.unwrap();
+    round_trip(&mut held).await.unwrap();
+    let pool = plumb.server.pool("app").unwrap();
+    let text = toml(port, dns.addr, "30s");
+    plumb
+        .server
+        .reload(&plumb_config::parse(&text).unwrap())
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(4), || pool
+            .backend(at(port, 4))
+            .is_none_or(|b| b.is_draining()))
+        .await,
+        "the address DNS does not name drains"
+    );
+    for last in [2, 3] {
+        let b = pool.backend(at(port, last)).unwrap();
+        assert!(!b.is_draining(), "{last} was drained though DNS names it");
+    }
+    round_trip(&mut held).await.unwrap();
+    let mut s = TcpStream::connect(plumb.addr()).await.unwrap();
+    round_trip(&mut s).await.unwrap();
 }

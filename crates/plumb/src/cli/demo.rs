@@ -74,6 +74,7 @@ pub fn run(
             admin,
             signals,
             tokio_util::sync::CancellationToken::new(),
+            || {},
         )
         .await?;
         drop(origins);

@@ -88,34 +88,61 @@ pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow
         }
         let server = Arc::new(Server::new(&config, access_log));
         let handed_over = CancellationToken::new();
-        let took_over = handover.is_some();
-        if let Some(h) = handover {
-            // The sockets are listening (inherited): connections queue until the
-            // accept loops start, a moment later. Now the old process may stop.
-            let from = h.from_pid;
-            h.ready().context("the handover did not complete")?;
-            tracing::info!(
-                from.pid = from,
-                "took over: the old plumb stops accepting and drains"
-            );
-        }
-        if let Some(sock) = &config.runtime.upgrade_socket {
+        // Once every listener accepts (TLS loaded, discovery answered): tell the
+        // old process, if any, to stop; then serve upgrades ourselves. Before
+        // that, a failure here leaves the old process serving and its socket path
+        // untouched.
+        let started = {
+            let upgrade_socket = config.runtime.upgrade_socket.clone();
             let admin_dup = admin_listener_dup(&admin_listener)?;
-            super::upgrade::serve_successors(
-                sock,
-                took_over,
-                Arc::clone(&server),
-                admin_dup,
-                handed_over.clone(),
-            )?;
-        }
+            let server = Arc::clone(&server);
+            let handed_over = handed_over.clone();
+            move || {
+                let took_over = handover.is_some();
+                if let Some(h) = handover {
+                    let from = h.from_pid;
+                    match h.ready() {
+                        Ok(()) => tracing::info!(
+                            from.pid = from,
+                            "took over: the old plumb stops accepting and drains"
+                        ),
+                        // It has gone; the sockets are ours either way.
+                        Err(e) => tracing::warn!(
+                            from.pid = from,
+                            error = %format!("{e:#}"),
+                            "took over, but the old plumb did not acknowledge (gone?)"
+                        ),
+                    }
+                }
+                if let Some(sock) = upgrade_socket {
+                    if let Err(e) = super::upgrade::serve_successors(
+                        &sock,
+                        took_over,
+                        server,
+                        admin_dup,
+                        handed_over,
+                    ) {
+                        tracing::error!(error = %format!("{e:#}"), "binary upgrades unavailable");
+                    }
+                }
+            }
+        };
         let admin = plumb_admin::Admin::new(
             Arc::clone(&server),
             token,
             checksum,
             Some(path.to_path_buf()),
         );
-        run_with_admin(server, bound, admin_listener, admin, signals, handed_over).await
+        run_with_admin(
+            server,
+            bound,
+            admin_listener,
+            admin,
+            signals,
+            handed_over,
+            started,
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -130,6 +157,7 @@ pub(super) async fn run_with_admin(
     admin: plumb_admin::Admin,
     signals: super::Signals,
     handed_over: CancellationToken,
+    started: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let admin = Arc::new(admin);
     let admin_stop = CancellationToken::new();
@@ -166,7 +194,7 @@ pub(super) async fn run_with_admin(
             }
         }
     };
-    let result = server.run(bound, shutdown).await;
+    let result = server.run_notifying(bound, shutdown, started).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     Ok(result?)

@@ -122,8 +122,11 @@ pub(super) fn serve_successors(
             path.display()
         )
     })?;
-    // Only this user may take the sockets over.
+    // Only this user may take the sockets over: the file is made 0600, and each
+    // peer's uid is checked against the file's owner (this process), which also
+    // covers the moment between bind and chmod.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path)?);
     let path: PathBuf = path.to_path_buf();
     tracing::info!(path = %path.display(), "serving binary upgrades (plumb serve --take-over)");
     std::thread::Builder::new()
@@ -134,6 +137,13 @@ pub(super) fn serve_successors(
                     return;
                 }
                 let Ok(conn) = conn else { continue };
+                match plumb_sys::peer_uid(&conn) {
+                    Ok(uid) if uid == owner || uid == 0 => {}
+                    other => {
+                        tracing::warn!(peer.uid = ?other.ok(), "refused a take-over from another user");
+                        continue;
+                    }
+                }
                 match hand_over(&conn, &server, &admin) {
                     Ok(pid) => {
                         tracing::info!(
