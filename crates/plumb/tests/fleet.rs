@@ -9,7 +9,7 @@
 )]
 
 mod support;
-use support::{echo_server, Plumb};
+use support::{echo_server, free_port, Plumb};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,14 +17,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A backend that answers an HTTP Upgrade with 101 and then echoes bytes, as a
 /// WebSocket server does once the handshake is done.

@@ -45,6 +45,22 @@ fn doctor(host: &Host<'_>, args: &[&str], within: Duration) -> (Ran, Vec<Value>)
     (ran, findings)
 }
 
+/// `plumb doctor ARGS` on `host` must exit 1 with a `problem` finding from
+/// `check`: that finding.
+fn problem(host: &Host<'_>, args: &[&str], check: &str, within: Duration) -> Value {
+    let (ran, findings) = doctor(host, args, within);
+    let f = finding(&findings, check).clone();
+    assert_eq!(ran.code, Some(1), "{ran}");
+    assert_eq!(f["verdict"], "problem", "{f:#}");
+    f
+}
+
+/// [`peers::HTTP_SERVER`] (threaded) on `host` at `addr:port`, listening.
+fn http_server(host: &Host<'_>, addr: &str, port: u16) {
+    host.python("http", peers::HTTP_SERVER, &[addr, &port.to_string()]);
+    host.wait_listening(port, 5 * SECOND);
+}
+
 fn finding<'f>(findings: &'f [Value], check: &str) -> &'f Value {
     findings
         .iter()
@@ -157,14 +173,12 @@ fn incident_000_mtu_black_hole() {
     );
 
     // plumb doctor names it, with the working size and the fix.
-    let (ran, findings) = doctor(
+    let f = problem(
         &client,
         &["http://10.0.2.2:8080/", "--check", "mtu"],
+        "mtu",
         90 * SECOND,
     );
-    let f = finding(&findings, "mtu");
-    assert_eq!(ran.code, Some(1), "{ran}");
-    assert_eq!(f["verdict"], "problem", "{f:#}");
     assert!(
         f["summary"].as_str().unwrap().contains("MTU black hole"),
         "{f:#}"
@@ -351,13 +365,12 @@ fn incident_001_connection_tracking_limit_on_one_of_three_addresses() {
   }
 }",
     );
-    server.python("http", peers::HTTP_SERVER, &["0.0.0.0", "8080"]);
-    server.wait_listening(8080, 5 * SECOND);
+    http_server(&server, "0.0.0.0", 8080);
     let filler = client.python("filler", peers::HOLD, &["10.0.2.13", "8080", "8"]);
     wait_log(&lab, filler, "held 8", 10 * SECOND);
 
     // plumb doctor and plumb probe name the third address, and how it fails.
-    let (ran, findings) = doctor(
+    let f = problem(
         &client,
         &[
             "http://svc.lab:8080/",
@@ -368,11 +381,9 @@ fn incident_001_connection_tracking_limit_on_one_of_three_addresses() {
             "--timeout",
             "1s",
         ],
+        "addresses",
         30 * SECOND,
     );
-    let f = finding(&findings, "addresses");
-    assert_eq!(ran.code, Some(1), "{ran}");
-    assert_eq!(f["verdict"], "problem", "{f:#}");
     let summary = f["summary"].as_str().unwrap();
     assert!(
         summary.starts_with("1 of 3 addresses failed: 10.0.2.13:8080 (3 of 3:"),
@@ -678,10 +689,9 @@ fn incident_003_dropped_syns_are_counted_and_routed_around() {
   }
 }",
     );
-    server.python("http", peers::HTTP_SERVER, &["0.0.0.0", "8080"]);
-    server.wait_listening(8080, 5 * SECOND);
+    http_server(&server, "0.0.0.0", 8080);
 
-    let (ran, findings) = doctor(
+    let f = problem(
         &client,
         &[
             "http://10.0.2.2:8080/",
@@ -690,11 +700,9 @@ fn incident_003_dropped_syns_are_counted_and_routed_around() {
             "--connects",
             "20",
         ],
+        "syn",
         40 * SECOND,
     );
-    let f = finding(&findings, "syn");
-    assert_eq!(ran.code, Some(1), "{ran}");
-    assert_eq!(f["verdict"], "problem", "{f:#}");
     let ev = &f["evidence"]["addresses"]["10.0.2.2:8080"];
     let needed = ev["needed_syn_retransmit"].as_u64().unwrap();
     // 20 connects at 30% loss: 6 expected; 1..=16 holds but for 1 run in 1,000.
@@ -817,13 +825,12 @@ passive = { consecutive_failures = 0 }
     assert!(overflows >= 4.0, "listen overflows +{overflows}\n{after}");
     assert!(timeouts >= 4.0, "connect timeouts {timeouts}\n{after}");
 
-    let (_, findings) = doctor(
+    let f = problem(
         &lb,
         &["tcp://127.0.0.1:9000", "--check", "syn", "--connects", "3"],
+        "syn",
         30 * SECOND,
     );
-    let f = finding(&findings, "syn");
-    assert_eq!(f["verdict"], "problem", "{f:#}");
     assert!(
         f["evidence"]["kernel_delta"]["ListenOverflows"]
             .as_u64()
@@ -864,14 +871,12 @@ fn incident_004_idle_preconnect_starves_a_single_threaded_backend() {
     );
     backend.wait_listening(8080, 5 * SECOND);
 
-    let (ran, findings) = doctor(
+    let f = problem(
         &lb,
         &["http://10.0.2.2:8080/", "--check", "idle-hold"],
+        "idle-hold",
         20 * SECOND,
     );
-    let f = finding(&findings, "idle-hold");
-    assert_eq!(ran.code, Some(1), "{ran}");
-    assert_eq!(f["verdict"], "problem", "{f:#}");
     assert!(
         f["summary"]
             .as_str()
@@ -992,10 +997,9 @@ fn idle_timeout_middlebox_is_measured_by_doctor() {
     // Per-namespace conntrack settings, present once the rule loaded conntrack.
     mbox.sysctl("net.netfilter.nf_conntrack_tcp_timeout_established", "6");
     mbox.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
-    server.python("http", peers::HTTP_SERVER, &["10.0.2.2", "8080"]);
-    server.wait_listening(8080, 5 * SECOND);
+    http_server(&server, "10.0.2.2", 8080);
 
-    let (ran, findings) = doctor(
+    let f = problem(
         &client,
         &[
             "http://10.0.2.2:8080/",
@@ -1004,11 +1008,9 @@ fn idle_timeout_middlebox_is_measured_by_doctor() {
             "--max-idle",
             "10s",
         ],
+        "idle-timeout",
         60 * SECOND,
     );
-    let f = finding(&findings, "idle-timeout");
-    assert_eq!(ran.code, Some(1), "{ran}");
-    assert_eq!(f["verdict"], "problem", "{f:#}");
     let ev = &f["evidence"];
     assert_eq!(ev["failure"], "silence", "{f:#}");
     let fails = ev["fails_from_s"].as_f64().unwrap();

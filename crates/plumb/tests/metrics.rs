@@ -12,21 +12,13 @@
 )]
 
 mod support;
-use support::{have, Proc};
+use support::{free_port, have, Proc};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A plain HTTP/1.1 origin that answers 200 "ok" and closes.
 fn origin() -> SocketAddr {

@@ -172,6 +172,16 @@ impl Drop for Plumb {
     }
 }
 
+/// A loopback port free a moment ago (another process may take it before the
+/// caller binds it; tests that cannot retry accept that small risk).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A blocking echo server on loopback, one thread per connection. Threads end with
 /// the test process.
 pub fn echo_server() -> SocketAddr {
