@@ -303,6 +303,21 @@ pub enum DrainClose {
 pub enum Discovery {
     /// Every address a DNS name resolves to.
     Dns(DnsDiscovery),
+    /// Every key under a prefix in etcd.
+    Etcd(EtcdDiscovery),
+}
+
+/// `pool.discovery = { etcd = { endpoints = [...], prefix = "..." } }`: each key
+/// under `prefix` is a backend, its value JSON `{"address": "IP:port", "weight":
+/// N, "draining": bool}` (weight and draining optional). Keys written with an
+/// etcd lease vanish when their lease expires: a backend that dies without
+/// deregistering is drained when its lease runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdDiscovery {
+    /// etcd client URLs (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// The key prefix (`/plumb/pools/app/`).
+    pub prefix: String,
 }
 
 /// `pool.discovery = { dns = "name:port", ... }`.

@@ -205,6 +205,39 @@ fn dns_discovery_takes_the_place_of_backends() {
 }
 
 #[test]
+fn etcd_discovery_names_endpoints_and_a_prefix() {
+    let text = MINIMAL.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "discovery = { etcd = { endpoints = [\"http://10.0.0.5:2379\", \"10.0.0.6:2379\"], prefix = \"/plumb/pools/app/\" } }",
+    );
+    let p = &parse(&text).unwrap().pools[0];
+    assert_eq!(
+        p.discovery,
+        Some(Discovery::Etcd(EtcdDiscovery {
+            endpoints: vec!["http://10.0.0.5:2379".into(), "http://10.0.0.6:2379".into()],
+            prefix: "/plumb/pools/app/".into(),
+        }))
+    );
+    let with = |d: &str| MINIMAL.replace("backends = [\"127.0.0.1:9001\"]", d);
+    check(
+        &with("discovery = { etcd = { endpoints = [], prefix = \"\" }, refresh = \"5s\" }"),
+        &[
+            "pool[0].discovery.refresh: unknown key (with etcd, the keys go inside `etcd = { ... }`)",
+            "pool[0].discovery.etcd.endpoints: expected a non-empty list of URLs, found []",
+            "pool[0].discovery.etcd.prefix: empty: every key of etcd would be a backend",
+        ],
+    );
+    check(
+        &with("discovery = { etcd = { endpoints = [\"etcd\"], colour = 1 } }"),
+        &[
+            "pool[0].discovery.etcd.colour: unknown key",
+            r#"pool[0].discovery.etcd.endpoints[0]: "etcd" is not an etcd endpoint (such as "http://127.0.0.1:2379")"#,
+            r#"pool[0].discovery.etcd.prefix: missing (such as "/plumb/pools/app/")"#,
+        ],
+    );
+}
+
+#[test]
 fn bad_discovery_is_refused_with_its_path() {
     let with = |d: &str| MINIMAL.replace("backends = [\"127.0.0.1:9001\"]", d);
     check(
@@ -238,7 +271,7 @@ fn bad_discovery_is_refused_with_its_path() {
     );
     check(
         &with("discovery = { refresh = \"5s\" }"),
-        &[r#"pool[0].discovery.dns: missing: the name and port to resolve ("app.internal:8080")"#],
+        &[r#"pool[0].discovery.dns: missing: the name and port to resolve ("app.internal:8080"), or `etcd`"#],
     );
 }
 

@@ -819,6 +819,17 @@ impl Validator {
             );
             return None;
         };
+        if let Some(etcd) = t.get("etcd") {
+            for key in t.keys() {
+                if key != "etcd" {
+                    self.err(
+                        &format!("{path}.{key}"),
+                        "unknown key (with etcd, the keys go inside `etcd = { ... }`)",
+                    );
+                }
+            }
+            return self.etcd(etcd, &format!("{path}.etcd"));
+        }
         for key in t.keys() {
             if !["dns", "refresh", "nameserver", "weight"].contains(&key.as_str()) {
                 self.err(&format!("{path}.{key}"), "unknown key");
@@ -827,7 +838,7 @@ impl Validator {
         let Some(dns) = t.get("dns") else {
             self.err(
                 &format!("{path}.dns"),
-                "missing: the name and port to resolve (\"app.internal:8080\")",
+                "missing: the name and port to resolve (\"app.internal:8080\"), or `etcd`",
             );
             return None;
         };
@@ -890,6 +901,97 @@ impl Validator {
             refresh,
             nameserver,
             weight,
+        }))
+    }
+
+    fn etcd(&mut self, v: &Value, path: &str) -> Option<Discovery> {
+        let Value::Table(t) = v else {
+            self.err(
+                path,
+                format!(
+                    "expected a table such as {{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/plumb/pools/app/\" }}, found {}",
+                    show(v)
+                ),
+            );
+            return None;
+        };
+        for key in t.keys() {
+            if key != "endpoints" && key != "prefix" {
+                self.err(&format!("{path}.{key}"), "unknown key");
+            }
+        }
+        let endpoints: Vec<String> = match t.get("endpoints") {
+            Some(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let ipath = format!("{path}.endpoints[{i}]");
+                    let s = self.string(item, &ipath)?;
+                    let rest = s
+                        .strip_prefix("http://")
+                        .or_else(|| s.strip_prefix("https://"))
+                        .unwrap_or(s);
+                    let ok = rest.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if ok {
+                        Some(if s.contains("://") {
+                            s.to_string()
+                        } else {
+                            format!("http://{s}")
+                        })
+                    } else {
+                        self.err(
+                            &ipath,
+                            format!(
+                                "{s:?} is not an etcd endpoint (such as \"http://127.0.0.1:2379\")"
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                self.err(
+                    &format!("{path}.endpoints"),
+                    format!("expected a non-empty list of URLs, found {}", show(other)),
+                );
+                Vec::new()
+            }
+            None => {
+                self.err(
+                    &format!("{path}.endpoints"),
+                    "missing (a list such as [\"http://127.0.0.1:2379\"])",
+                );
+                Vec::new()
+            }
+        };
+        let prefix = match t.get("prefix") {
+            Some(v) => match self.string(v, &format!("{path}.prefix")) {
+                Some("") => {
+                    self.err(
+                        &format!("{path}.prefix"),
+                        "empty: every key of etcd would be a backend",
+                    );
+                    None
+                }
+                Some(p) => Some(p.to_string()),
+                None => None,
+            },
+            None => {
+                self.err(
+                    &format!("{path}.prefix"),
+                    "missing (such as \"/plumb/pools/app/\")",
+                );
+                None
+            }
+        };
+        if endpoints.is_empty() {
+            return None;
+        }
+        Some(Discovery::Etcd(EtcdDiscovery {
+            endpoints,
+            prefix: prefix?,
         }))
     }
 

@@ -30,6 +30,17 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// shorter).
 pub const RETRY: Duration = Duration::from_secs(5);
 
+/// One backend as discovery found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its weight.
+    pub weight: u32,
+    /// Listed, but to take no new connections (etcd's `"draining": true`).
+    pub draining: bool,
+}
+
 /// What discovery last did, for the admin API.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DiscoveryStatus {
@@ -156,11 +167,15 @@ pub(crate) async fn run(
         };
         let wait = match result {
             Ok((ips, ttl)) if !ips.is_empty() => {
-                let addrs: Vec<SocketAddr> = ips
+                let found: Vec<Found> = ips
                     .iter()
-                    .map(|ip| SocketAddr::new(*ip, cfg.port))
+                    .map(|ip| Found {
+                        addr: SocketAddr::new(*ip, cfg.port),
+                        weight: cfg.weight,
+                        draining: false,
+                    })
                     .collect();
-                p.apply_discovered(&source, &addrs, cfg.weight, ttl, !first);
+                p.apply_discovered(&source, &found, Some(ttl), !first);
                 first = false;
                 next_after(ttl, cfg.refresh)
             }
@@ -193,11 +208,57 @@ pub(crate) fn start(
     pool: &Arc<Pool>,
     stop: CancellationToken,
 ) -> Option<tokio::sync::oneshot::Receiver<()>> {
-    let plumb_config::model::Discovery::Dns(cfg) = pool.settings().discovery.clone()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(run(Arc::downgrade(pool), cfg, stop, tx));
+    match pool.settings().discovery.clone()? {
+        plumb_config::model::Discovery::Dns(cfg) => {
+            tokio::spawn(run(Arc::downgrade(pool), cfg, stop, tx));
+        }
+        #[cfg(feature = "etcd")]
+        plumb_config::model::Discovery::Etcd(cfg) => {
+            tokio::spawn(etcd::run(Arc::downgrade(pool), cfg, stop, tx));
+        }
+        #[cfg(not(feature = "etcd"))]
+        plumb_config::model::Discovery::Etcd(cfg) => {
+            pool.discovery_failed(&format!("etcd {}", cfg.prefix), NO_ETCD.to_string());
+            let _ = tx.send(());
+        }
+    }
     Some(rx)
 }
+
+/// Why etcd discovery does not run in this build.
+pub const NO_ETCD: &str =
+    "this plumb was built without etcd support (cargo build --features etcd, \
+     which needs protoc: Debian's protobuf-compiler)";
+
+/// The config, or an error for each part this build cannot serve (etcd
+/// discovery without the `etcd` feature): `plumb check` and `plumb serve` report
+/// them as they report config errors.
+pub fn supported(
+    config: plumb_config::Config,
+) -> Result<plumb_config::Config, plumb_config::ConfigErrors> {
+    let missing: Vec<plumb_config::ConfigError> = config
+        .pools
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            !cfg!(feature = "etcd")
+                && matches!(p.discovery, Some(plumb_config::model::Discovery::Etcd(_)))
+        })
+        .map(|(i, _)| plumb_config::ConfigError {
+            path: format!("pool[{i}].discovery.etcd"),
+            message: NO_ETCD.to_string(),
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(config)
+    } else {
+        Err(plumb_config::ConfigErrors(missing))
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd;
 
 #[cfg(test)]
 mod tests {

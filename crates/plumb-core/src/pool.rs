@@ -280,19 +280,27 @@ impl Pool {
     /// Applies a discovery answer: addresses new to the pool are added (ramping up
     /// when `ramp`, that is after the first answer), discovered backends missing
     /// from it are drained and removed, a draining discovered backend that is back
-    /// is restored. Backends from the config file or the admin API are not touched.
+    /// is restored, one marked `draining` is drained (and kept). Backends from the
+    /// config file or the admin API are not touched.
     pub fn apply_discovered(
         self: &Arc<Self>,
         source: &str,
-        addrs: &[SocketAddr],
-        weight: u32,
-        ttl: Duration,
+        found: &[crate::discovery::Found],
+        ttl: Option<Duration>,
         ramp: bool,
     ) {
         let current = self.backends();
-        for &addr in addrs {
+        for f in found {
+            let addr = f.addr;
             match current.iter().find(|b| b.addr() == addr) {
-                Some(b) if b.is_discovered() && !b.is_api_managed() && b.is_draining() => {
+                Some(b) if !b.is_discovered() || b.is_api_managed() => {}
+                Some(b) if f.draining => {
+                    if !b.is_draining() {
+                        tracing::info!(pool = %self.name, backend.addr = %addr, %source, "marked draining in discovery");
+                        self.start_drain(Arc::clone(b), None, false);
+                    }
+                }
+                Some(b) if b.is_draining() => {
                     // Under the list's lock, which a drain's removal also takes: the
                     // backend is either still listed (restore it) or gone (add anew).
                     let list = self.write();
@@ -303,6 +311,7 @@ impl Pool {
                                 t.cancel.cancel();
                             }
                             b.set_draining(false);
+                            b.set_weight(f.weight);
                             b.begin_ramp(self.now_ms());
                             drop(list);
                             tracing::info!(pool = %self.name, backend.addr = %addr, %source, "discovered again: drain cancelled");
@@ -310,18 +319,20 @@ impl Pool {
                         Some(_) => {}
                         None => {
                             drop(list);
-                            let b = Arc::new(Backend::new(addr, weight).found_by_discovery());
+                            let b = Arc::new(Backend::new(addr, f.weight).found_by_discovery());
                             self.add_ramping(b, ramp);
                         }
                     }
                 }
                 Some(b) => {
-                    if b.is_discovered() && !b.is_api_managed() && b.weight() != weight {
-                        b.set_weight(weight);
+                    if b.weight() != f.weight {
+                        b.set_weight(f.weight);
                     }
                 }
+                // Not in the pool and not to take traffic: nothing to add.
+                None if f.draining => {}
                 None => {
-                    let b = Arc::new(Backend::new(addr, weight).found_by_discovery());
+                    let b = Arc::new(Backend::new(addr, f.weight).found_by_discovery());
                     if self.add_ramping(b, ramp) {
                         tracing::info!(pool = %self.name, backend.addr = %addr, %source, "backend discovered");
                     }
@@ -331,8 +342,8 @@ impl Pool {
         for b in current.iter() {
             if b.is_discovered()
                 && !b.is_api_managed()
-                && !b.is_draining()
-                && !addrs.contains(&b.addr())
+                && !found.iter().any(|f| f.addr == b.addr())
+                && !b.drain_deadline().is_some_and(|(_, remove)| remove)
             {
                 tracing::info!(pool = %self.name, backend.addr = %b.addr(), %source, "backend no longer discovered: draining");
                 self.start_drain(Arc::clone(b), None, true);
@@ -342,11 +353,11 @@ impl Pool {
         let s = status.get_or_insert_with(Default::default);
         s.source = source.to_string();
         s.up = true;
-        s.addresses = addrs.iter().map(ToString::to_string).collect();
+        s.addresses = found.iter().map(|f| f.addr.to_string()).collect();
         s.last_ok_ms = Some(self.now_ms());
         s.last_error = None;
-        // A hosts-file answer has no TTL of its own.
-        s.ttl_s = (ttl != Duration::MAX).then_some(ttl.as_secs());
+        // A hosts-file answer or etcd has no TTL.
+        s.ttl_s = ttl.filter(|t| *t != Duration::MAX).map(|t| t.as_secs());
         s.resolutions += 1;
         self.count_resolution(true);
     }

@@ -432,3 +432,351 @@ fn a_failed_successor_leaves_the_old_plumb_serving() {
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 }
+
+/// A backend that greets each connection with its name and a newline, then
+/// echoes: a client learns which backend it reached.
+fn named_echo(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { return };
+            thread::spawn(move || {
+                if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Connects and reads the backend's greeting.
+fn greeted(addr: SocketAddr) -> (String, TcpStream) {
+    let mut s = connect(addr);
+    let mut name = Vec::new();
+    let mut b = [0u8; 1];
+    while b[0] != b'\n' {
+        s.read_exact(&mut b).unwrap();
+        name.push(b[0]);
+    }
+    (String::from_utf8_lossy(&name).trim().to_string(), s)
+}
+
+struct Etcd {
+    _proc: support::Proc,
+    endpoint: String,
+}
+
+/// A single-member etcd on loopback, data in `dir`; waits until it answers.
+fn etcd(dir: &Path, client_port: u16, peer_port: u16) -> Etcd {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let proc = support::Proc(
+        std::process::Command::new("etcd")
+            .args([
+                "--name",
+                "lab",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("lab={peer}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let etcd = Etcd {
+        _proc: proc,
+        endpoint: client,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !etcdctl(&etcd.endpoint, &["endpoint", "health"]).0 {
+        assert!(tokio::time::Instant::now() < deadline, "etcd did not start");
+        thread::sleep(Duration::from_millis(100));
+    }
+    etcd
+}
+
+/// `etcdctl --endpoints E ARGS`: success and stdout.
+fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            endpoint,
+            "--dial-timeout",
+            "2s",
+            "--command-timeout",
+            "3s",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// The backends of pool `app` on the plumb whose admin API is `admin`:
+/// address → state, and the discovery object.
+fn pool_state(
+    admin: SocketAddr,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    serde_json::Value,
+) {
+    let (status, body) = http(admin, "GET", "/api/v1/pools");
+    assert_eq!(status, 200, "{body}");
+    let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pool = &pools.as_array().unwrap()[0];
+    let backends = pool["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (backends, pool["discovery"].clone())
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = tokio::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    t0.elapsed()
+}
+
+/// Issue 9 items 2 and 3: two plumb instances take a pool's backends from one
+/// real etcd. A deleted key is drained on both, and its client connections are
+/// closed by the drain deadline on both; a key on an expired lease goes the same
+/// way; with etcd stopped both keep serving their last known set and say so;
+/// when etcd returns they resynchronise.
+#[test]
+fn two_instances_follow_etcd_and_drain_together() {
+    if !support::have("etcd", "etcd-server") || !support::have("etcdctl", "etcd-client") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (etcd_client, etcd_peer) = (free_port(), free_port());
+    let data = dir.path().join("etcd");
+    let store = etcd(&data, etcd_client, etcd_peer);
+    let prefix = "/plumb/pools/app/";
+    let backends = [
+        ("a", named_echo("a")),
+        ("b", named_echo("b")),
+        ("c", named_echo("c")),
+    ];
+    for (name, addr) in &backends {
+        let (ok, _) = etcdctl(
+            &store.endpoint,
+            &[
+                "put",
+                &format!("{prefix}{name}"),
+                &format!("{{\"address\": \"{addr}\"}}"),
+            ],
+        );
+        assert!(ok);
+    }
+    let mut instances = Vec::new();
+    for i in 0..2 {
+        let (listen, admin) = (free_port(), free_port());
+        let file = dir.path().join(format!("plumb{i}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[runtime]\naccess_log = \"off\"\nshutdown_grace = \"1s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:{listen}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\ndiscovery = {{ etcd = {{ endpoints = [\"{}\"], prefix = \"{prefix}\" }} }}\ndrain = {{ timeout = \"2s\", close_spread = \"0s\" }}\n",
+                store.endpoint
+            ),
+        )
+        .unwrap();
+        let mut p = Plumb::spawn(&["serve", "-c", file.to_str().unwrap()]);
+        if !p.wait_stderr("listening", Duration::from_secs(10)) {
+            if p.stderr().contains("built without etcd support") {
+                eprintln!("SKIPPED: plumb was built without the etcd feature (scripts/test builds it with --features plumb/etcd when protoc is installed)");
+                return;
+            }
+            panic!("{}", p.stderr());
+        }
+        let listen: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+        instances.push((p, listen, admin));
+    }
+    for (_, _, admin) in &instances {
+        wait_for("three backends from etcd", Duration::from_secs(10), || {
+            pool_state(*admin).0.len() == 3
+        });
+    }
+    // Connections through both instances to every backend.
+    let mut on_b = Vec::new();
+    let mut others = Vec::new();
+    for (_, listen, _) in &instances {
+        for _ in 0..6 {
+            let (name, s) = greeted(*listen);
+            if name == "b" {
+                on_b.push(s);
+            } else {
+                others.push(s);
+            }
+        }
+    }
+    assert!(
+        on_b.len() >= 2,
+        "round robin gave b {} connections",
+        on_b.len()
+    );
+
+    // Deregister b: both instances drain it.
+    let a_addr = backends[0].1.to_string();
+    let b_addr = backends[1].1.to_string();
+    let t0 = tokio::time::Instant::now();
+    assert!(etcdctl(&store.endpoint, &["del", &format!("{prefix}b")]).0);
+    let mut slowest = Duration::ZERO;
+    for (_, _, admin) in &instances {
+        wait_for("b draining", Duration::from_secs(2), || {
+            pool_state(*admin)
+                .0
+                .get(&b_addr)
+                .is_none_or(|s| s == "draining")
+        });
+        slowest = slowest.max(t0.elapsed());
+    }
+    eprintln!("etcd: a deleted key reached both instances within {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "propagation took {slowest:?}"
+    );
+    for s in &mut on_b {
+        round_trip(s, b"during the drain");
+    }
+    // By the deadline (2 s) + margin, b's connections are closed on both.
+    let mut buf = [0u8; 16];
+    for s in &mut on_b {
+        s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+        let closed = match s.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        assert!(closed, "a connection to b outlived the drain");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        t0.elapsed()
+    );
+    for s in &mut others {
+        round_trip(s, b"still here");
+    }
+
+    // A backend registered on a lease that is not kept alive expires by itself.
+    let (ok, out) = etcdctl(&store.endpoint, &["lease", "grant", "2"]);
+    assert!(ok, "{out}");
+    let lease = out.split_whitespace().nth(1).unwrap().to_string();
+    let d = named_echo("d");
+    assert!(
+        etcdctl(
+            &store.endpoint,
+            &[
+                "put",
+                "--lease",
+                &lease,
+                &format!("{prefix}d"),
+                &format!("{{\"address\": \"{d}\"}}")
+            ],
+        )
+        .0
+    );
+    for (_, _, admin) in &instances {
+        wait_for("d added", Duration::from_secs(2), || {
+            pool_state(*admin).0.contains_key(&d.to_string())
+        });
+    }
+    for (_, _, admin) in &instances {
+        wait_for(
+            "d drained when its lease expired",
+            Duration::from_secs(6),
+            || {
+                pool_state(*admin)
+                    .0
+                    .get(&d.to_string())
+                    .is_none_or(|s| s == "draining")
+            },
+        );
+    }
+
+    // etcd stops: both instances keep their backends, keep serving, and say so.
+    drop(store);
+    for (_, listen, admin) in &instances {
+        wait_for("discovery down", Duration::from_secs(10), || {
+            pool_state(*admin).1["up"] == false
+        });
+        let (kept, discovery) = pool_state(*admin);
+        assert!(kept.contains_key(&a_addr), "{kept:?}");
+        assert!(
+            discovery["last_error"]
+                .as_str()
+                .unwrap()
+                .ends_with("keeping the last known set"),
+            "{discovery}"
+        );
+        let (name, mut s) = greeted(*listen);
+        assert!(name == "a" || name == "c", "{name}");
+        round_trip(&mut s, b"without etcd");
+    }
+    // It returns (same data): a key written now reaches both.
+    let store = etcd(&data, etcd_client, etcd_peer);
+    let e = named_echo("e");
+    assert!(
+        etcdctl(
+            &store.endpoint,
+            &[
+                "put",
+                &format!("{prefix}e"),
+                &format!("{{\"address\": \"{e}\"}}")
+            ],
+        )
+        .0
+    );
+    for (_, _, admin) in &instances {
+        wait_for(
+            "resynchronised after etcd returned",
+            Duration::from_secs(15),
+            || {
+                let (b, d) = pool_state(*admin);
+                b.contains_key(&e.to_string()) && d["up"] == true
+            },
+        );
+    }
+    drop(others);
+    for (p, _, _) in &instances {
+        p.signal("TERM");
+    }
+    for (mut p, _, _) in instances {
+        assert!(p
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()));
+    }
+}

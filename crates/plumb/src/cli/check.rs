@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use super::Format;
 
 pub fn run(path: &Path, format: Format) -> ExitCode {
-    match plumb_config::load(path) {
+    // What this build cannot serve (etcd discovery without the feature) is an
+    // error here too, as it is for `serve`.
+    let loaded = plumb_config::load(path).and_then(plumb_core::discovery::supported);
+    match loaded {
         Ok(config) => {
             // Warnings leave the config valid (exit 0): settings known to hurt.
             let advice = plumb_config::advise(&config);

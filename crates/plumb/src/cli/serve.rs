@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let config = match plumb_config::parse(&text) {
+    let config = match plumb_config::parse(&text).and_then(plumb_core::discovery::supported) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
