@@ -29,7 +29,9 @@ pub enum Failed {
 pub fn from_file(server: &Server, path: &Path) -> Result<(ReloadSummary, String), Failed> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failed::Read(format!("{}: {e}", path.display())))?;
-    let config = plumb_config::parse(&text).map_err(Failed::Invalid)?;
+    let config = plumb_config::parse(&text)
+        .and_then(plumb_core::discovery::supported)
+        .map_err(Failed::Invalid)?;
     Ok((server.reload(&config)?, checksum(&text)))
 }
 

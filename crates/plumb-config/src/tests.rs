@@ -271,7 +271,9 @@ fn bad_discovery_is_refused_with_its_path() {
     );
     check(
         &with("discovery = { refresh = \"5s\" }"),
-        &[r#"pool[0].discovery.dns: missing: the name and port to resolve ("app.internal:8080"), or `etcd`"#],
+        &[
+            r#"pool[0].discovery.dns: missing: the name and port to resolve ("app.internal:8080"), or `etcd`"#,
+        ],
     );
 }
 

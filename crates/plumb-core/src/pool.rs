@@ -342,11 +342,16 @@ impl Pool {
         for b in current.iter() {
             if b.is_discovered()
                 && !b.is_api_managed()
+                && !b.gone.is_cancelled()
                 && !found.iter().any(|f| f.addr == b.addr())
                 && !b.drain_deadline().is_some_and(|(_, remove)| remove)
             {
+                // Already draining (marked so in discovery): keep its deadline.
+                let left = b.drain_deadline().map(|(deadline, _)| {
+                    Duration::from_millis(deadline.saturating_sub(self.now_ms()))
+                });
                 tracing::info!(pool = %self.name, backend.addr = %b.addr(), %source, "backend no longer discovered: draining");
-                self.start_drain(Arc::clone(b), None, true);
+                self.start_drain(Arc::clone(b), left, true);
             }
         }
         let mut status = self.discovery.lock().unwrap_or_else(|p| p.into_inner());

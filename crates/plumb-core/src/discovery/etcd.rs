@@ -57,23 +57,22 @@ pub(crate) async fn run(
 ) {
     let source = format!("etcd {}", cfg.prefix);
     let mut first_done = Some(first_done);
-    let mut first = true;
-    let mut pause = FIRST_PAUSE;
+    let mut state = Session {
+        first: true,
+        pause: FIRST_PAUSE,
+        seen: None,
+    };
     loop {
-        let outcome = tokio::select! {
+        let e = tokio::select! {
             () = stop.cancelled() => return,
-            r = session(&pool, &cfg, &source, &mut first, &mut first_done) => r,
+            e = session(&pool, &cfg, &source, &mut state, &mut first_done) => e,
         };
-        let Some(p) = pool.upgrade() else { return };
-        match outcome {
-            Ok(()) => pause = FIRST_PAUSE,
-            Err(e) => {
-                if stop.is_cancelled() {
-                    return;
-                }
-                p.discovery_failed(&source, format!("{e}; keeping the last known set"));
-            }
+        if stop.is_cancelled() {
+            return;
         }
+        let Some(p) = pool.upgrade() else { return };
+        p.discovery_failed(&source, format!("{e}; keeping the last known set"));
+        let pause = state.pause;
         drop(p);
         if let Some(tx) = first_done.take() {
             let _ = tx.send(());
@@ -82,25 +81,57 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(MAX_PAUSE);
+        state.pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 
+/// What carries from one session to the next.
+struct Session {
+    /// No answer applied yet (the first is applied without slow start).
+    first: bool,
+    /// The pause before the next session if this one fails; back to the first
+    /// pause once a session has read the prefix.
+    pause: Duration,
+    /// The cluster id and revision of the last read: a store that comes back
+    /// with another id or an older revision was replaced or restored, and its
+    /// (possibly empty) contents are not applied.
+    seen: Option<(u64, i64)>,
+}
+
 /// One connection's worth: read the prefix, apply, watch and apply until the
-/// watch breaks or ends (both errors: a watch on a prefix has no natural end).
+/// watch breaks or ends. Returns why it ended (a watch on a prefix has no
+/// natural end).
 async fn session(
     pool: &Weak<Pool>,
     cfg: &EtcdDiscovery,
     source: &str,
-    first: &mut bool,
+    state: &mut Session,
     first_done: &mut Option<tokio::sync::oneshot::Sender<()>>,
-) -> Result<(), String> {
+) -> String {
+    match session_inner(pool, cfg, source, state, first_done).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn session_inner(
+    pool: &Weak<Pool>,
+    cfg: &EtcdDiscovery,
+    source: &str,
+    state: &mut Session,
+    first_done: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<std::convert::Infallible, String> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3))
-        // HTTP/2 pings: a hung etcd is noticed in about 3 s, not at the next write.
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(1))
-        .with_keep_alive_while_idle(true);
+        // HTTP/2 pings find a hung etcd in about 15 s without waiting for the next
+        // write. Not more often: etcd refuses pings closer than 5 s apart by
+        // default and closes the connection (too_many_pings).
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the quorum ends the watch instead of keeping it
+        // open with no events.
+        .with_require_leader(true);
     let mut client = Client::connect(cfg.endpoints.clone(), Some(opts))
         .await
         .map_err(|e| format!("cannot connect to etcd: {e}"))?;
@@ -108,12 +139,23 @@ async fn session(
         .get(cfg.prefix.as_str(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(|e| format!("cannot read {}: {e}", cfg.prefix))?;
-    let revision = got.header().map_or(0, |h| h.revision());
+    let (cluster, revision) = got
+        .header()
+        .map_or((0, 0), |h| (h.cluster_id(), h.revision()));
+    if let Some((seen_cluster, seen_revision)) = state.seen {
+        if cluster != seen_cluster || revision < seen_revision {
+            return Err(format!(
+                "etcd came back as another store (cluster {cluster:x} at revision {revision}, was {seen_cluster:x} at {seen_revision}): restored or replaced? not applying it"
+            ));
+        }
+    }
+    state.seen = Some((cluster, revision));
     let mut keys: BTreeMap<Vec<u8>, Found> = BTreeMap::new();
     for kv in got.kvs() {
         put(&mut keys, kv.key(), kv.value(), pool, source);
     }
-    apply(pool, source, &keys, first)?;
+    apply(pool, source, &keys, &mut state.first)?;
+    state.pause = FIRST_PAUSE;
     if let Some(tx) = first_done.take() {
         let _ = tx.send(());
     }
@@ -148,6 +190,7 @@ async fn session(
         }
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
+            state.seen = Some((cluster, kv.mod_revision().max(revision)));
             match ev.event_type() {
                 EventType::Put => put(&mut keys, kv.key(), kv.value(), pool, source),
                 EventType::Delete => {
@@ -155,7 +198,7 @@ async fn session(
                 }
             }
         }
-        apply(pool, source, &keys, first)?;
+        apply(pool, source, &keys, &mut state.first)?;
     }
 }
 
@@ -171,10 +214,10 @@ fn put(
             keys.insert(key.to_vec(), f);
         }
         Err(e) => {
-            // A bad value is that key's problem: it is not a backend, the rest are.
-            keys.remove(key);
+            // A bad value is that key's problem: it keeps its last good value (or
+            // is no backend if it never had one); the other keys apply.
             if let Some(p) = pool.upgrade() {
-                tracing::warn!(pool = %p.name(), %source, key = %String::from_utf8_lossy(key), error = %e, "ignoring a key whose value is not a backend");
+                tracing::warn!(pool = %p.name(), %source, key = %String::from_utf8_lossy(key), error = %e, "ignoring a value that is not a backend");
             }
         }
     }
@@ -187,7 +230,19 @@ fn apply(
     first: &mut bool,
 ) -> Result<(), String> {
     let p = pool.upgrade().ok_or("the pool is gone")?;
-    let found: Vec<Found> = keys.values().copied().collect();
+    // Keys naming one address are one backend: draining only if every key says
+    // so, with the highest weight any of them gives.
+    let mut by_addr: BTreeMap<std::net::SocketAddr, Found> = BTreeMap::new();
+    for f in keys.values() {
+        by_addr
+            .entry(f.addr)
+            .and_modify(|m| {
+                m.draining &= f.draining;
+                m.weight = m.weight.max(f.weight);
+            })
+            .or_insert(*f);
+    }
+    let found: Vec<Found> = by_addr.into_values().collect();
     p.apply_discovered(source, &found, None, !*first);
     *first = false;
     Ok(())
