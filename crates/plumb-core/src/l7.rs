@@ -235,6 +235,11 @@ async fn run_connection<I>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(ctx.settings.max_header_bytes).unwrap_or(u32::MAX));
     let mut forced = false;
+    // A connection that sends nothing gets `header_read` for its first byte, as a
+    // slow head does (nginx and HAProxy time the first request from accept), and
+    // is then closed without an answer: no request, nothing to answer (browsers'
+    // pre-opened connections end this way).
+    let opened = Instant::now();
     {
         let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
         tokio::pin!(served);
@@ -245,7 +250,17 @@ async fn run_connection<I>(
                 .idle_deadline()
                 .unwrap_or_else(|| Instant::now() + ctx.settings.keepalive_idle);
             let head_at = watch.head_started().map(|t| t + ctx.settings.header_read);
+            let quiet_at = (!watch.any_byte()).then(|| opened + ctx.settings.header_read);
             tokio::select! {
+                () = tokio::time::sleep_until(quiet_at.unwrap_or(idle_at)), if quiet_at.is_some() && head_at.is_none() => {
+                    if !watch.any_byte() {
+                        tracing::debug!(listener = %ctx.name, client.addr = %peer, "closing a connection that sent nothing within header_read");
+                        if let Some(stream) = plain {
+                            crate::sockopt::send_fin(stream);
+                        }
+                        break;
+                    }
+                }
                 () = watch.started_now.notified(), if head_at.is_none() => {}
                 () = tokio::time::sleep_until(head_at.unwrap_or(idle_at)), if head_at.is_some() => {
                     if watch.head_started().is_some_and(|t| t.elapsed() >= ctx.settings.header_read) {

@@ -53,6 +53,11 @@ impl HeadWatch {
     }
 
     /// When the head being read started, for an HTTP/1 connection.
+    /// Whether the client has sent any byte yet.
+    pub(crate) fn any_byte(&self) -> bool {
+        self.seen_first.load(Ordering::Acquire)
+    }
+
     pub(crate) fn head_started(&self) -> Option<Instant> {
         if self.h2.load(Ordering::Acquire) {
             return None;

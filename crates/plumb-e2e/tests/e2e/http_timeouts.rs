@@ -15,6 +15,27 @@ const HEADER_READ: &str = "[listener.timeouts]\nheader_read = \"300ms\"\n";
 const KEEPALIVE: &str = "[listener.timeouts]\nkeepalive_idle = \"300ms\"\n";
 const BODY_IDLE: &str = "[pool.timeouts]\nidle = \"300ms\"\n";
 
+/// A connection that never sends a byte is closed about `header_read` after it
+/// opened, without an answer (there is no request to answer); found by the
+/// fault matrix, where 10,000 such connections stayed open until keepalive_idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_after_header_read() {
+    let o = origin(|_| vec![Step::Write(ok("never"))]).await;
+    let plumb = Plumb::start(&http_config(&[o.addr], "", HEADER_READ)).await;
+    let mut c = Client::connect(plumb.addr()).await;
+    let t0 = Instant::now();
+    let (rest, _) = c
+        .until_eof(Duration::from_secs(3))
+        .await
+        .expect("a connection that sent nothing stayed open");
+    let took = t0.elapsed();
+    assert!(rest.is_empty(), "an answer to no request: {rest:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "closed after {took:?}, expected about 300 ms"
+    );
+}
+
 /// A partial request head, then silence: 408 `client_header_timeout` about 300 ms
 /// after the first byte, then the connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
