@@ -277,6 +277,28 @@ impl Server {
                 write(&self.tls).insert(l.name.clone(), tls);
             }
         }
+        // After a burst of connections closes, give its freed buffers back to the
+        // kernel: checked every 5 s, trimmed when 500 or more connections fewer are
+        // open than at the last check's peak.
+        {
+            let conns = Arc::clone(&self.shared.conns);
+            let stop = self.stop.clone();
+            tokio::spawn(async move {
+                let mut peak = 0usize;
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                    let now = conns.len();
+                    peak = peak.max(now);
+                    if peak >= now + TRIM_AFTER_DROP {
+                        let _ = tokio::task::spawn_blocking(plumb_sys::release_free_memory).await;
+                        peak = now;
+                    }
+                }
+            });
+        }
         let mut first_answers = Vec::new();
         for pool in read(&self.pools).values() {
             first_answers.extend(pool.start());
@@ -627,6 +649,9 @@ impl Server {
 fn needs_rebind(old: &model::Listener, new: &model::Listener) -> bool {
     old.listen != new.listen || old.backlog != new.backlog || old.tcp != new.tcp
 }
+
+/// Connections closed since the last peak that make freed memory worth handing back.
+const TRIM_AFTER_DROP: usize = 500;
 
 /// How long [`Server::run`] waits for discovery's first answers before accepting.
 const FIRST_DISCOVERY_WAIT: Duration = Duration::from_secs(5);

@@ -152,6 +152,14 @@ pub fn kill_process_group(pgid: u32) -> io::Result<()> {
     raw::killpg(pgid, libc::SIGKILL)
 }
 
+/// Gives memory the allocator holds free back to the kernel (glibc's
+/// `malloc_trim`; nothing elsewhere). After a burst of connections has closed,
+/// glibc keeps their buffers in its arenas: resident memory would stay at the
+/// burst's peak. HAProxy trims the same way when it releases its pools.
+pub fn release_free_memory() {
+    raw::malloc_trim();
+}
+
 /// The most descriptors [`recv_with_fds`] accepts in one message.
 pub const MAX_PASSED_FDS: usize = 64;
 

@@ -88,3 +88,14 @@ pub(crate) fn adopt(fds: Vec<std::os::fd::RawFd>) -> Vec<std::os::fd::OwnedFd> {
         .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
         .collect()
 }
+
+/// `malloc_trim(0)` where the C library has it (glibc): gives freed heap memory
+/// back to the kernel.
+pub(crate) fn malloc_trim() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes an integer and only touches the allocator's own
+    // state, under its own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
