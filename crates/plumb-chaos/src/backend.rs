@@ -1,7 +1,7 @@
 //! The backends the matrix runs behind plumb: one process each (so a fault can
 //! SIGKILL it), an HTTP/1.1 server with keep-alive and a TCP echo server, whose
-//! behaviour a mode file switches: `ok`, `reset` (RST on each request), `hang`
-//! (read the request, never answer). Every POST's `x-chaos-id` is appended to a
+//! behaviour a mode file switches: `ok`, `reset` (RST on each request or echo),
+//! `hang` (HTTP: read the request, never answer; the echo goes on). Every POST's `x-chaos-id` is appended to a
 //! file, one per line, so duplicates are found across restarts.
 
 use std::fs::OpenOptions;
@@ -56,9 +56,11 @@ fn echo_conn(mut s: TcpStream, mode_file: &Path) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        // `hang` is for HTTP only: an echo that swallows bytes is a protocol that
+        // stopped answering on a live connection, which no L4 proxy can tell from
+        // a slow one (the client's own pings keep the tunnel from going idle).
         match mode(mode_file).as_str() {
             "reset" => return reset(s),
-            "hang" => continue,
             _ => {
                 if s.write_all(&buf[..n]).is_err() {
                     return;

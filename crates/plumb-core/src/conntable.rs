@@ -270,6 +270,11 @@ impl ConnTable {
         v
     }
 
+    /// Connections registered since the table was made (open or closed).
+    pub fn opened_total(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
     /// Number of live connections.
     pub fn len(&self) -> usize {
         self.lock().len()

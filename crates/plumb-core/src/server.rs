@@ -278,23 +278,26 @@ impl Server {
             }
         }
         // After a burst of connections closes, give its freed buffers back to the
-        // kernel: checked every 5 s, trimmed when 500 or more connections fewer are
-        // open than at the last check's peak.
+        // kernel: once 500 or more have closed since the last trim and the open
+        // count has fallen to half its peak (sampled every second), so a steady
+        // load that reuses its memory is left alone.
         {
             let conns = Arc::clone(&self.shared.conns);
             let stop = self.stop.clone();
             tokio::spawn(async move {
-                let mut peak = 0usize;
+                let (mut peak, mut closed_at_trim) = (0usize, 0u64);
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    let now = conns.len();
-                    peak = peak.max(now);
-                    if peak >= now + TRIM_AFTER_DROP {
+                    let open = conns.len();
+                    let closed = conns.opened_total().saturating_sub(open as u64);
+                    peak = peak.max(open);
+                    if closed >= closed_at_trim + TRIM_AFTER_CLOSED && open * 2 <= peak {
                         let _ = tokio::task::spawn_blocking(plumb_sys::release_free_memory).await;
-                        peak = now;
+                        peak = open;
+                        closed_at_trim = closed;
                     }
                 }
             });
@@ -650,8 +653,8 @@ fn needs_rebind(old: &model::Listener, new: &model::Listener) -> bool {
     old.listen != new.listen || old.backlog != new.backlog || old.tcp != new.tcp
 }
 
-/// Connections closed since the last peak that make freed memory worth handing back.
-const TRIM_AFTER_DROP: usize = 500;
+/// Connections closed since the last trim that make freed memory worth handing back.
+const TRIM_AFTER_CLOSED: u64 = 500;
 
 /// How long [`Server::run`] waits for discovery's first answers before accepting.
 const FIRST_DISCOVERY_WAIT: Duration = Duration::from_secs(5);
