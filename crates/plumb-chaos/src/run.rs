@@ -498,6 +498,25 @@ fn nft_clear() {
         .status();
 }
 
+/// Loads `rules` (`{P}`: the backend's two ports) into the namespace's input
+/// hook for the fault; undone by deleting the table.
+fn nft_fault(w: &World, fault: &str, backend: usize, rules: &str) -> Box<dyn FnOnce() + Send> {
+    let ports = {
+        let b = &w.backends.lock().unwrap()[backend];
+        format!("{{ {}, {} }}", b.http.port(), b.echo.port())
+    };
+    let rules = rules.replace("{P}", &ports);
+    if !nft(&format!(
+        "table inet chaos {{\n chain in {{ type filter hook input priority -10; {rules} }}\n}}"
+    )) {
+        w.notes
+            .lock()
+            .unwrap()
+            .push(format!("{fault}: nft refused the rules"));
+    }
+    Box::new(nft_clear)
+}
+
 /// Starts a fault; returns what undoes it (run at the fault's end).
 fn start_fault(
     w: &Arc<World>,
@@ -531,34 +550,15 @@ fn start_fault(
             ));
             noop
         }
-        "backend_blackholed" => {
-            let b = &w.backends.lock().unwrap()[2];
-            let ports = format!("{{ {}, {} }}", b.http.port(), b.echo.port());
-            let ok = nft(&format!(
-                "table inet chaos {{\n chain in {{ type filter hook input priority -10; tcp dport {ports} drop; tcp sport {ports} drop; }}\n}}"
-            ));
-            if !ok {
-                w.notes
-                    .lock()
-                    .unwrap()
-                    .push(format!("{fault}: nft refused the rules"));
-            }
-            Box::new(nft_clear)
-        }
-        "syn_loss" => {
-            let b = &w.backends.lock().unwrap()[0];
-            let ports = format!("{{ {}, {} }}", b.http.port(), b.echo.port());
-            let ok = nft(&format!(
-                "table inet chaos {{\n chain in {{ type filter hook input priority -10; tcp dport {ports} tcp flags & (syn | ack) == syn numgen random mod 10 < 3 drop; }}\n}}"
-            ));
-            if !ok {
-                w.notes
-                    .lock()
-                    .unwrap()
-                    .push(format!("{fault}: nft refused the rules"));
-            }
-            Box::new(nft_clear)
-        }
+        // No packet to or from backend 2 (no RST, no FIN ever); 30% of the SYNs
+        // to backend 0 dropped.
+        "backend_blackholed" => nft_fault(w, fault, 2, "tcp dport {P} drop; tcp sport {P} drop;"),
+        "syn_loss" => nft_fault(
+            w,
+            fault,
+            0,
+            "tcp dport {P} tcp flags & (syn | ack) == syn numgen random mod 10 < 3 drop;",
+        ),
         "deregister" => {
             let (h, e) = {
                 let b = &w.backends.lock().unwrap()[1];
