@@ -342,6 +342,25 @@ fn classify_io(e: &std::io::Error, got_any: bool) -> (&'static str, &'static str
     }
 }
 
+/// A fresh connection for a client, or its failure recorded (then a short pause
+/// so a refusing listener is not hammered).
+fn connect(
+    sh: &Shared,
+    kind: &'static str,
+    addr: SocketAddr,
+    id: Option<&str>,
+) -> Option<TcpStream> {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let (r, c) = classify_io(&e, false);
+            sh.record(kind, r, c, id.map(str::to_string), None);
+            thread::sleep(Duration::from_millis(50));
+            None
+        }
+    }
+}
+
 fn http_client(sh: Arc<Shared>, web: SocketAddr, worker: usize) {
     let mut conn: Option<TcpStream> = None;
     while !sh.stop.load(Ordering::Relaxed) {
@@ -356,17 +375,8 @@ fn http_client(sh: Arc<Shared>, web: SocketAddr, worker: usize) {
             body.len()
         );
         let fresh = conn.is_none();
-        let mut s = match conn.take() {
-            Some(s) => s,
-            None => match TcpStream::connect_timeout(&web, Duration::from_secs(3)) {
-                Ok(s) => s,
-                Err(e) => {
-                    let (r, c) = classify_io(&e, false);
-                    sh.record("http", r, c, Some(id), None);
-                    thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            },
+        let Some(mut s) = conn.take().or_else(|| connect(&sh, "http", web, Some(&id))) else {
+            continue;
         };
         let deadline = Instant::now() + CLIENT_TIMEOUT;
         let mut got_any = false;
@@ -414,17 +424,8 @@ fn tcp_client(sh: Arc<Shared>, tcp: SocketAddr) {
     let mut conn: Option<TcpStream> = None;
     let mut n = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
-        let mut s = match conn.take() {
-            Some(s) => s,
-            None => match TcpStream::connect_timeout(&tcp, Duration::from_secs(3)) {
-                Ok(s) => s,
-                Err(e) => {
-                    let (r, c) = classify_io(&e, false);
-                    sh.record("tcp", r, c, None, None);
-                    thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            },
+        let Some(mut s) = conn.take().or_else(|| connect(&sh, "tcp", tcp, None)) else {
+            continue;
         };
         n += 1;
         let msg = format!("ping {n:08}\n");

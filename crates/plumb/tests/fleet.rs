@@ -225,6 +225,52 @@ fn a_tcp_connection_and_a_websocket_survive_100_reloads() {
     }
     assert_eq!(p.stderr().matches("reloaded").count(), 50, "{}", p.stderr());
     assert!(!p.stderr().contains("reload failed"), "{}", p.stderr());
+    terminate(p);
+}
+
+/// The upgrade tests' config: one TCP listener on `port`, the admin API on
+/// `admin_port`, upgrades served at `sock`.
+fn upgrade_config(
+    log: &str,
+    grace: &str,
+    sock: &Path,
+    admin_port: u16,
+    port: u16,
+    backend: SocketAddr,
+) -> String {
+    format!(
+        "[runtime]\naccess_log = \"{log}\"\nshutdown_grace = \"{grace}\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+        sock.display()
+    )
+}
+
+/// `plumb serve -c FILE`, once it serves upgrades.
+fn serving_upgrades(file: &Path) -> Plumb {
+    let mut p = Plumb::spawn(&["serve", "-c", file.to_str().unwrap()]);
+    assert!(
+        p.wait_stderr("serving binary upgrades", Duration::from_secs(10)),
+        "{}",
+        p.stderr()
+    );
+    p
+}
+
+/// `plumb serve -c FILE --take-over`, once it has taken over.
+fn took_over(file: &Path) -> Plumb {
+    let mut p = Plumb::spawn(&["serve", "-c", file.to_str().unwrap(), "--take-over"]);
+    assert!(
+        p.wait_stderr(
+            "took over: the old plumb stops accepting",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        p.stderr()
+    );
+    p
+}
+
+/// SIGTERM, then exit 0 within 10 s.
+fn terminate(mut p: Plumb) {
     p.signal("TERM");
     assert!(p
         .wait_exit(Duration::from_secs(10))
@@ -246,20 +292,12 @@ fn a_binary_upgrade_refuses_no_connection() {
     let file = dir.path().join("plumb.toml");
     std::fs::write(
         &file,
-        format!(
-            "[runtime]\naccess_log = \"off\"\nshutdown_grace = \"2s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
-            sock.display()
-        ),
+        upgrade_config("off", "2s", &sock, admin_port, port, backend),
     )
     .unwrap();
     let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let mut old = Plumb::spawn(&["serve", "-c", file.to_str().unwrap()]);
-    assert!(
-        old.wait_stderr("serving binary upgrades", Duration::from_secs(10)),
-        "{}",
-        old.stderr()
-    );
+    let mut old = serving_upgrades(&file);
     let mut held = connect(front);
     round_trip(&mut held, b"before");
 
@@ -306,15 +344,7 @@ fn a_binary_upgrade_refuses_no_connection() {
     let before = ok.load(Ordering::Relaxed);
 
     let started = tokio::time::Instant::now();
-    let mut new = Plumb::spawn(&["serve", "-c", file.to_str().unwrap(), "--take-over"]);
-    assert!(
-        new.wait_stderr(
-            "took over: the old plumb stops accepting",
-            Duration::from_secs(10)
-        ),
-        "{}",
-        new.stderr()
-    );
+    let mut new = took_over(&file);
     let handover = started.elapsed();
     assert!(
         old.wait_stderr("handed the listening sockets", Duration::from_secs(5)),
@@ -351,23 +381,12 @@ fn a_binary_upgrade_refuses_no_connection() {
     let (status, body) = http(admin, "GET", "/api/v1/pools");
     assert_eq!(status, 200, "{body}");
     // And the new process can be upgraded in turn.
-    let mut newer = Plumb::spawn(&["serve", "-c", file.to_str().unwrap(), "--take-over"]);
-    assert!(
-        newer.wait_stderr(
-            "took over: the old plumb stops accepting",
-            Duration::from_secs(10)
-        ),
-        "{}",
-        newer.stderr()
-    );
+    let newer = took_over(&file);
     assert!(new
         .wait_exit(Duration::from_secs(8))
         .is_some_and(|s| s.success()));
     round_trip(&mut connect(front), b"third");
-    newer.signal("TERM");
-    assert!(newer
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    terminate(newer);
 }
 
 /// A successor that fails after receiving the sockets but before it is ready (here
@@ -379,23 +398,13 @@ fn a_failed_successor_leaves_the_old_plumb_serving() {
     let dir = tempfile::tempdir().unwrap();
     let (port, admin_port) = (free_port(), free_port());
     let sock = dir.path().join("upgrade.sock");
-    let config = |log: &str| {
-        format!(
-            "[runtime]\naccess_log = \"{log}\"\nshutdown_grace = \"1s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"front\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
-            sock.display()
-        )
-    };
+    let config = |log: &str| upgrade_config(log, "1s", &sock, admin_port, port, backend);
     let good = dir.path().join("good.toml");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&good, config("off")).unwrap();
     std::fs::write(&bad, config("/nonexistent/dir/access.log")).unwrap();
     let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut old = Plumb::spawn(&["serve", "-c", good.to_str().unwrap()]);
-    assert!(
-        old.wait_stderr("serving binary upgrades", Duration::from_secs(10)),
-        "{}",
-        old.stderr()
-    );
+    let mut old = serving_upgrades(&good);
     let mut failed = Plumb::spawn(&["serve", "-c", bad.to_str().unwrap(), "--take-over"]);
     let status = failed.wait_exit(Duration::from_secs(10));
     assert_eq!(
@@ -414,23 +423,12 @@ fn a_failed_successor_leaves_the_old_plumb_serving() {
     );
     round_trip(&mut connect(front), b"still the old one");
     // A good successor still takes over.
-    let mut new = Plumb::spawn(&["serve", "-c", good.to_str().unwrap(), "--take-over"]);
-    assert!(
-        new.wait_stderr(
-            "took over: the old plumb stops accepting",
-            Duration::from_secs(10)
-        ),
-        "{}",
-        new.stderr()
-    );
+    let new = took_over(&good);
     assert!(old
         .wait_exit(Duration::from_secs(8))
         .is_some_and(|s| s.success()));
     round_trip(&mut connect(front), b"the new one");
-    new.signal("TERM");
-    assert!(new
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    terminate(new);
 }
 
 /// A backend that greets each connection with its name and a newline, then
