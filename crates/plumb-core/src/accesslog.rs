@@ -317,6 +317,11 @@ impl AccessLog {
         }
     }
 
+    /// Whether lines are written at all.
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// Lines dropped because the writer fell behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

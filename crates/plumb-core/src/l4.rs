@@ -351,9 +351,13 @@ fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, st
                 .inc();
         }
     }
-    ctx.shared
-        .metrics
-        .closed(&ctx.name, ctx.pool_name(), f.end.cause(), duration);
+    ctx.metrics.closed(
+        &ctx.shared.metrics,
+        &ctx.name,
+        ctx.pool_name(),
+        f.end.cause(),
+        duration,
+    );
     ctx.shared.access_log.write(&Record {
         listener: &ctx.name,
         pool: ctx.pool_name(),

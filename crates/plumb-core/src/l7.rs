@@ -12,9 +12,9 @@
 
 mod body;
 pub(crate) mod client;
-mod headers;
+pub(crate) mod headers;
 mod io;
-mod route;
+pub(crate) mod route;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -48,8 +48,8 @@ pub(crate) type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, cli
 struct HttpConn {
     ctx: Arc<ListenerCtx>,
     peer: SocketAddr,
-    /// `http` or `https`, for `X-Forwarded-Proto` and `Forwarded`.
-    proto: &'static str,
+    /// The client's address and `http` or `https`, as the forwarding headers say them.
+    forwarded: headers::ForwardedFor,
     /// Requests (and upgraded tunnels) in progress.
     in_flight: AtomicUsize,
     /// When the connection last had nothing in flight.
@@ -94,20 +94,75 @@ impl HttpConn {
 
 /// Serves one client connection until it ends, its keep-alive idle time passes, or
 /// plumb shuts down (graceful: GOAWAY for HTTP/2, `Connection: close` for HTTP/1.1).
+///
+/// Until a plain connection's first byte arrives, only this small future exists for
+/// it: hyper's connection (its read buffer, its state machine) is made, boxed, once
+/// there is something to read. A connection that sends nothing within `header_read`
+/// is closed here, as `run_connection` closes one later.
 pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAddr) {
-    let span =
-        tracing::debug_span!("conn", listener = %ctx.name, client.addr = %peer, protocol = "http");
-    tracing::Instrument::instrument(serve_in_span(ctx, stream, peer), span).await;
-}
-
-async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAddr) {
-    let (reg, orders) =
+    let started = Instant::now();
+    let (reg, mut orders) =
         ctx.shared
             .conns
             .register(Arc::clone(&ctx.name), Arc::from(ctx.pool_name()), peer);
     reg.conn()
         .set_state(crate::conntable::ConnState::Established);
-    let started = Instant::now();
+    if ctx.tls.is_none() {
+        // Silent since accept: closed after header_read, or sooner after the
+        // keep-alive idle time, as any connection with nothing in flight is.
+        let quiet = tokio::time::sleep(ctx.settings.header_read.min(ctx.settings.keepalive_idle));
+        tokio::pin!(quiet);
+        let go_on = loop {
+            tokio::select! {
+                r = stream.readable() => {
+                    // tokio may report a socket readable that is not (a fresh one
+                    // often is): look without reading, and if nothing is there,
+                    // let tokio forget the readiness and wait on. Data, an end of
+                    // stream or an error is hyper's to read and report.
+                    let look = stream.try_io(tokio::io::Interest::READABLE, || plumb_sys::peek_now(&stream));
+                    match (r, look) {
+                        (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        _ => break true,
+                    }
+                }
+                () = quiet.as_mut() => {
+                    tracing::debug!(listener = %ctx.name, client.addr = %peer, "closing a connection that sent nothing (header_read or keepalive_idle)");
+                    crate::sockopt::send_fin(&stream);
+                    break false;
+                }
+                () = ctx.shared.draining.cancelled() => break false,
+                Ok(()) = orders.changed() => {
+                    if orders.borrow_and_update().is_some() {
+                        break false;
+                    }
+                }
+            }
+        };
+        if !go_on {
+            ctx.metrics.closed(
+                &ctx.shared.metrics,
+                &ctx.name,
+                ctx.pool_name(),
+                None,
+                started.elapsed(),
+            );
+            return;
+        }
+    }
+    let span =
+        tracing::debug_span!("conn", listener = %ctx.name, client.addr = %peer, protocol = "http");
+    let served = serve_in_span(ctx, stream, peer, reg, orders, started);
+    tracing::Instrument::instrument(Box::pin(served), span).await;
+}
+
+async fn serve_in_span(
+    ctx: Arc<ListenerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    reg: crate::conntable::Registration,
+    orders: tokio::sync::watch::Receiver<Option<crate::conntable::CloseOrder>>,
+    started: Instant,
+) {
     let mut failed: Option<Cause> = None;
     let watch = Arc::new(io::HeadWatch::new());
     match ctx.tls.clone() {
@@ -179,9 +234,13 @@ async fn serve_in_span(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAdd
             }
         }
     }
-    ctx.shared
-        .metrics
-        .closed(&ctx.name, ctx.pool_name(), failed, started.elapsed());
+    ctx.metrics.closed(
+        &ctx.shared.metrics,
+        &ctx.name,
+        ctx.pool_name(),
+        failed,
+        started.elapsed(),
+    );
     drop(reg);
 }
 
@@ -204,7 +263,7 @@ async fn run_connection<I>(
     let conn = Arc::new(HttpConn {
         ctx: Arc::clone(ctx),
         peer,
-        proto,
+        forwarded: headers::ForwardedFor::new(peer, proto),
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
         watch: Arc::clone(&watch),
@@ -217,17 +276,18 @@ async fn run_connection<I>(
         async move { Ok::<_, Infallible>(handle(c, req).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Plain listeners: plumb's own head timer (below) answers 408, and hyper's is
+    // off (it would arm a boxed timer for every request). TLS listeners keep hyper's
+    // as the bound on a head: it starts as soon as a kept-alive connection goes
+    // idle, so it must not be shorter than keepalive_idle.
+    let hyper_head_timer = plain.is_none().then(|| {
+        ctx.settings.header_read.max(ctx.settings.keepalive_idle)
+            + std::time::Duration::from_secs(1)
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
-        // plumb's own head timer (below) answers 408 first; hyper's is the backstop.
-        // Plain listeners: plumb's own head timer (below) answers 408. hyper's starts
-        // as soon as a kept-alive connection goes idle, so it must not be shorter than
-        // keepalive_idle; it remains the backstop for TLS listeners.
-        .header_read_timeout(
-            ctx.settings.header_read.max(ctx.settings.keepalive_idle)
-                + std::time::Duration::from_secs(1),
-        )
+        .header_read_timeout(hyper_head_timer)
         .max_buf_size(ctx.settings.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -245,25 +305,28 @@ async fn run_connection<I>(
         tokio::pin!(served);
         let mut closing = false;
         let draining = ctx.shared.draining.clone();
+        // One timer per connection, looked at only when it fires: requests start
+        // and end without waking this task. At each wake it is re-armed to the
+        // earliest moment something could be due: a head's `header_read`, the first
+        // byte's, the keep-alive idle time, or, while no head is being read,
+        // `header_read` from now (a head starting later cannot be due before that).
+        let header_read = ctx.settings.header_read;
+        let keepalive_idle = ctx.settings.keepalive_idle;
+        let timer = tokio::time::sleep_until(opened + header_read.min(keepalive_idle));
+        tokio::pin!(timer);
         loop {
-            let idle_at = conn
-                .idle_deadline()
-                .unwrap_or_else(|| Instant::now() + ctx.settings.keepalive_idle);
-            let head_at = watch.head_started().map(|t| t + ctx.settings.header_read);
-            let quiet_at = (!watch.any_byte()).then(|| opened + ctx.settings.header_read);
             tokio::select! {
-                () = tokio::time::sleep_until(quiet_at.unwrap_or(idle_at)), if quiet_at.is_some() && head_at.is_none() => {
-                    if !watch.any_byte() {
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    if !watch.any_byte() && now >= opened + header_read {
                         tracing::debug!(listener = %ctx.name, client.addr = %peer, "closing a connection that sent nothing within header_read");
                         if let Some(stream) = plain {
                             crate::sockopt::send_fin(stream);
                         }
                         break;
                     }
-                }
-                () = watch.started_now.notified(), if head_at.is_none() => {}
-                () = tokio::time::sleep_until(head_at.unwrap_or(idle_at)), if head_at.is_some() => {
-                    if watch.head_started().is_some_and(|t| t.elapsed() >= ctx.settings.header_read) {
+                    let head = watch.head_started();
+                    if head.is_some_and(|t| now >= t + header_read) {
                         match plain {
                             Some(stream) => header_timeout(ctx, stream, peer),
                             None => {
@@ -272,25 +335,33 @@ async fn run_connection<I>(
                                 // cause logged and counted all the same.
                                 let detail = format!(
                                     "no complete request head within {}ms",
-                                    ctx.settings.header_read.as_millis()
+                                    header_read.as_millis()
                                 );
                                 let _ = raw_error(ctx, peer, Cause::ClientHeaderTimeout, detail);
                             }
                         }
                         break;
                     }
+                    let idle = conn.idle_deadline();
+                    if !closing && idle.is_some_and(|d| now >= d) {
+                        served.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    let mut next = idle.filter(|_| !closing).unwrap_or(now + keepalive_idle);
+                    if !watch.any_byte() {
+                        next = next.min(opened + header_read);
+                    }
+                    next = next.min(match head {
+                        Some(t) => t + header_read,
+                        None => now + header_read,
+                    });
+                    timer.as_mut().reset(next.max(now + std::time::Duration::from_millis(1)));
                 }
                 r = served.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(listener = %ctx.name, client.addr = %peer, error = %e, "client connection ended with an error");
                     }
                     break;
-                }
-                () = tokio::time::sleep_until(idle_at), if !closing => {
-                    if conn.idle_deadline().is_some_and(|d| Instant::now() >= d) {
-                        served.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
                 }
                 () = draining.cancelled(), if !closing => {
                     served.as_mut().graceful_shutdown();
@@ -359,7 +430,7 @@ pub(crate) fn raw_error(
         State {
             client: Some(peer),
             request_id,
-            method: "-".to_string(),
+            method: None,
             version: "HTTP/1.1",
             status: status.as_u16(),
             bytes_out: body.len() as u64,
@@ -389,19 +460,20 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
     let t0 = Instant::now();
     let header_read = conn.request_started();
     let ctx = Arc::clone(&conn.ctx);
-    let host_raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+    // The host as sent (request target's authority, else the Host header), kept as
+    // the header value it is: no copy unless it came from the authority (HTTP/2).
+    let host_from_header = req.uri().authority().is_none();
+    let host_val: Option<HeaderValue> = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let host_raw: &str = host_val
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    let host = route::normalize_host(&host_raw);
-    let path = req.uri().path().to_string();
+    let host = route::normalize_host(host_raw);
+    let target = req.uri().clone();
+    let path = target.path();
     let request_id = headers::request_id(
         req.headers(),
         &ctx.settings.request_id_header,
@@ -418,9 +490,9 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
         State {
             client: Some(conn.peer),
             request_id: request_id.clone(),
-            method: req.method().to_string(),
-            host: host_raw.clone(),
-            path: path.clone(),
+            method: Some(req.method().clone()),
+            host: host_val.clone(),
+            target: Some(target.clone()),
             version,
             started: Some(t0),
             header_read,
@@ -450,7 +522,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
 
     // Routes match the path as sent; a path with dot-segments could match one route
     // and mean another once the backend resolves it (`/public/../admin`).
-    if route::has_dot_segments(&path) {
+    if route::has_dot_segments(path) {
         return error_response(
             &ctx,
             &exchange,
@@ -459,7 +531,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
         );
     }
 
-    let Some(pool) = route::first_match(&ctx.routes, &host, &path)
+    let Some(pool) = route::first_match(&ctx.routes, &host, path)
         .cloned()
         .or_else(|| ctx.pool.clone())
     else {
@@ -479,8 +551,11 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut head = parts.headers;
+    // Room for what plumb adds (X-Forwarded-For, X-Forwarded-Proto, Forwarded, the
+    // request id, Host): one growth of the map instead of several.
+    head.reserve(5);
     headers::strip_hop_by_hop(&mut head, upgrade);
-    headers::add_forwarded(&mut head, conn.peer, conn.proto, &host_raw);
+    headers::add_forwarded(&mut head, &conn.forwarded, host_raw);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         head.insert(rid_header(&ctx), v);
     }
@@ -497,9 +572,12 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
             head.insert(header::COOKIE, v);
         }
     }
-    // The backend sees the host the request was routed by.
-    if let Ok(v) = HeaderValue::from_str(&host_raw) {
-        head.insert(header::HOST, v);
+    // The backend sees the host the request was routed by (already there when it
+    // came from the one Host header).
+    if !(host_from_header && !host_raw.is_empty() && head.contains_key(header::HOST)) {
+        if let Ok(v) = HeaderValue::from_str(host_raw) {
+            head.insert(header::HOST, v);
+        }
     }
     let uri: Uri = parts
         .uri
@@ -707,10 +785,9 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
     error_response(&ctx, &exchange, cause, text)
 }
 
-/// The request-id header name (validated by plumb-config).
+/// The request-id header name.
 fn rid_header(ctx: &ListenerCtx) -> header::HeaderName {
-    header::HeaderName::from_bytes(ctx.settings.request_id_header.as_bytes())
-        .unwrap_or(header::HeaderName::from_static("plumb-request-id"))
+    ctx.rid_header.clone()
 }
 
 fn record_attempt(exchange: &Exchange, addr: SocketAddr, cause: Cause, t: Instant) {
@@ -782,16 +859,10 @@ fn respond(
     let max_idle = pool.settings().upstream.max_idle_per_backend;
     let on_end: Box<dyn FnOnce() + Send> = Box::new(move || {
         drop(guard);
-        // The connection is ready for another request once hyper has finished
-        // reading this response; then it goes back to the pool.
-        let mut tx = tx;
-        tokio::spawn(async move {
-            if let Ok(Ok(())) =
-                tokio::time::timeout(std::time::Duration::from_secs(1), tx.tx.ready()).await
-            {
-                keep.http_idle.put(addr, tx, max_idle);
-            }
-        });
+        // The response was read to its end: the connection goes back to the pool
+        // now. hyper's connection task may not have turned to the next request yet;
+        // whoever takes it waits for that (`client::send`), as hyper's own pool does.
+        keep.http_idle.put(addr, tx, max_idle);
     });
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT

@@ -24,6 +24,15 @@ mod sockopt;
 pub mod tls;
 pub mod upstream;
 
+/// The pure functions on every request's path, for the criterion benchmarks
+/// (`benches/hot.rs`), so that a change that slows one shows up in review. Not an
+/// API: names and signatures follow the data plane.
+#[doc(hidden)]
+pub mod hot {
+    pub use crate::l7::headers::{add_forwarded, request_id, strip_hop_by_hop, ForwardedFor};
+    pub use crate::l7::route::{first_match, has_dot_segments, normalize_host};
+}
+
 pub use accesslog::{AccessLog, End};
 pub use cause::{Cause, Side};
 pub use listener::{bind, bind_all, bind_all_with, BoundListener};

@@ -198,6 +198,10 @@ pub(crate) struct ListenerCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ListenerStats>,
     pub(crate) limit: Option<Arc<Semaphore>>,
+    /// This listener's metric handles.
+    pub(crate) metrics: crate::metrics::ListenerMetrics,
+    /// HTTP: the request-id header's name (validated by plumb-config), made once.
+    pub(crate) rid_header: hyper::header::HeaderName,
 }
 
 impl ListenerCtx {
@@ -263,13 +267,7 @@ pub(crate) async fn accept_loop(
         backoff = Duration::from_millis(5);
         ctx = slot.current();
         ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        ctx.shared
-            .metrics
-            .connections_accepted
-            .get_or_create(&crate::metrics::ListenerLabels {
-                listener: ctx.name.to_string(),
-            })
-            .inc();
+        ctx.metrics.accepted.inc();
         let permit = match &ctx.limit {
             None => None,
             Some(sem) => match Arc::clone(sem).try_acquire_owned() {
@@ -280,17 +278,21 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
-        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
         let task_ctx = Arc::clone(&ctx);
-        let http = task_ctx.settings.protocol == plumb_config::model::Protocol::Http;
-        ctx.shared.tasks.spawn(async move {
-            if http {
+        // Two task types, each as large as its own future: an idle HTTP connection
+        // does not carry the size of a TCP tunnel's state.
+        if task_ctx.settings.protocol == plumb_config::model::Protocol::Http {
+            ctx.shared.tasks.spawn(async move {
                 crate::l7::serve(task_ctx, stream, peer).await;
-            } else {
+                drop(permit);
+            });
+        } else {
+            let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+            ctx.shared.tasks.spawn(async move {
                 crate::l4::serve(task_ctx, stream, peer, local).await;
-            }
-            drop(permit);
-        });
+                drop(permit);
+            });
+        }
     }
     tracing::debug!(listener = %ctx.name, "accept loop stopped");
 }

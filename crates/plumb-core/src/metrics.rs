@@ -6,6 +6,7 @@
 //! each scrape. Names carry the `plumb_` prefix, counters end in `_total`, durations
 //! are histograms in seconds.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -352,28 +353,6 @@ impl Metrics {
         classic_text(&out)
     }
 
-    /// Counts an ended connection.
-    pub(crate) fn closed(
-        &self,
-        listener: &str,
-        pool: &str,
-        cause: Option<crate::Cause>,
-        duration: std::time::Duration,
-    ) {
-        self.connections_closed
-            .get_or_create(&ClosedLabels {
-                listener: listener.to_string(),
-                pool: pool.to_string(),
-                cause: cause.map_or("none", crate::Cause::as_str).to_string(),
-            })
-            .inc();
-        self.connection_duration
-            .get_or_create(&ListenerLabels {
-                listener: listener.to_string(),
-            })
-            .observe(duration.as_secs_f64());
-    }
-
     /// Counts a failure seen by traffic against a backend.
     pub(crate) fn upstream_failure(
         &self,
@@ -429,6 +408,95 @@ impl Metrics {
                 backend: backend.to_string(),
             })
             .observe(took.as_secs_f64());
+    }
+}
+
+/// One listener's metric handles, resolved once when its context is built, so that
+/// the per-request and per-connection path neither builds label strings nor hashes
+/// them in the registry's families: a handle shares its series with the family
+/// (what `/metrics` shows), and a series not seen yet is created on first use.
+#[derive(Debug)]
+pub(crate) struct ListenerMetrics {
+    /// `plumb_connections_accepted_total` of this listener.
+    pub(crate) accepted: Counter,
+    /// `plumb_connection_duration_seconds` of this listener.
+    pub(crate) connection_duration: Histogram,
+    /// `plumb_http_request_duration_seconds` of this listener.
+    pub(crate) request_duration: Histogram,
+    /// `plumb_http_first_byte_seconds` of this listener.
+    pub(crate) first_byte: Histogram,
+    /// Request counters by pool, status and cause.
+    requests: std::sync::Mutex<HashMap<RequestKey, Counter>>,
+    /// Closed-connection counters by cause (the pool is the listener's default pool).
+    closed: std::sync::Mutex<HashMap<Option<crate::Cause>, Counter>>,
+}
+
+type RequestKey = (Option<Arc<str>>, u16, Option<crate::Cause>);
+
+impl ListenerMetrics {
+    pub(crate) fn new(m: &Metrics, listener: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        ListenerMetrics {
+            accepted: m.connections_accepted.get_or_create(&labels).clone(),
+            connection_duration: m.connection_duration.get_or_create(&labels).clone(),
+            request_duration: m.request_duration.get_or_create(&labels).clone(),
+            first_byte: m.first_byte.get_or_create(&labels).clone(),
+            requests: std::sync::Mutex::default(),
+            closed: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts one HTTP request in `plumb_http_requests_total`.
+    pub(crate) fn request(
+        &self,
+        m: &Metrics,
+        listener: &str,
+        pool: Option<&Arc<str>>,
+        code: u16,
+        cause: Option<crate::Cause>,
+    ) {
+        let mut cache = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (pool.cloned(), code, cause);
+        if let Some(c) = cache.get(&key) {
+            c.inc();
+            return;
+        }
+        let counter = m
+            .requests
+            .get_or_create(&RequestLabels {
+                listener: listener.to_string(),
+                pool: pool.map_or("", |p| p).to_string(),
+                code: code.to_string(),
+                cause: cause.map_or("none", crate::Cause::as_str).to_string(),
+            })
+            .clone();
+        counter.inc();
+        cache.insert(key, counter);
+    }
+
+    /// Counts an ended connection and its lifetime.
+    pub(crate) fn closed(
+        &self,
+        m: &Metrics,
+        listener: &str,
+        pool: &str,
+        cause: Option<crate::Cause>,
+        duration: std::time::Duration,
+    ) {
+        self.connection_duration.observe(duration.as_secs_f64());
+        let mut cache = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        let counter = cache.entry(cause).or_insert_with(|| {
+            m.connections_closed
+                .get_or_create(&ClosedLabels {
+                    listener: listener.to_string(),
+                    pool: pool.to_string(),
+                    cause: cause.map_or("none", crate::Cause::as_str).to_string(),
+                })
+                .clone()
+        });
+        counter.inc();
     }
 }
 

@@ -604,6 +604,11 @@ impl Server {
             shared: Arc::clone(&self.shared),
             stats,
             limit,
+            metrics: crate::metrics::ListenerMetrics::new(&self.shared.metrics, &settings.name),
+            rid_header: hyper::header::HeaderName::from_bytes(
+                settings.request_id_header.as_bytes(),
+            )
+            .unwrap_or(hyper::header::HeaderName::from_static("plumb-request-id")),
         }))
     }
 

@@ -135,6 +135,14 @@ pub fn take_error(sock: &impl AsFd) -> io::Result<Option<io::Error>> {
     SockRef::from(sock).take_error()
 }
 
+/// Reads what the socket has into the unfilled part of `buf` (one `recv`), without
+/// zeroing the buffer first, as tokio does for its own sockets; returns the count
+/// (0: end of stream). For a socket shared with `Arc` (plumb reads its `TCP_INFO`
+/// while hyper drives it), where tokio's `try_read` needs an initialised slice.
+pub fn recv_into(sock: &impl AsFd, buf: &mut tokio::io::ReadBuf<'_>) -> io::Result<usize> {
+    raw::recv_into(sock.as_fd(), buf)
+}
+
 /// Reads `TCP_INFO`: the kernel's view of the connection (RTT, retransmissions, MSS,
 /// path MTU...). Fields the running kernel does not know are left at zero.
 pub fn tcp_info(sock: &impl AsFd) -> io::Result<TcpInfo> {

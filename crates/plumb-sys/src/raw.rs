@@ -99,3 +99,26 @@ pub(crate) fn malloc_trim() {
         libc::malloc_trim(0);
     }
 }
+
+/// `recv` into the unfilled part of `buf`, without zeroing it first; marks what the
+/// kernel wrote as filled and returns how many bytes that was (0: end of stream).
+pub(crate) fn recv_into(fd: BorrowedFd<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> io::Result<usize> {
+    // SAFETY: nothing below de-initialises bytes of `buf`: the kernel only writes.
+    let unfilled = unsafe { buf.unfilled_mut() };
+    // SAFETY: `fd` is a live descriptor for the duration of the borrow; the pointer
+    // and length describe `unfilled`, which is writable and lives across the call,
+    // and the kernel writes at most that many bytes.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            unfilled.as_mut_ptr().cast::<libc::c_void>(),
+            unfilled.len(),
+            0,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel wrote exactly `n` bytes at the start of the unfilled part.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
+}

@@ -131,7 +131,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A multi-threaded runtime with `workers` threads (default: one per core).
 /// The runtime of a measuring command (probe, doctor): one thread, so a socket's
 /// readiness is seen by the task that waits for it without a hand-off between
 /// threads that would add to the times measured.
@@ -141,12 +140,24 @@ fn measuring_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The data plane's runtime: `workers` threads (default: one per core). With one
+/// worker, a current-thread runtime: every task runs on the thread that drives the
+/// sockets, with no hand-off between a worker and the I/O driver. Measured in
+/// bench/RESULTS.md: the multi-thread scheduler with a single worker spends about
+/// 4 µs more system time per proxied request (waking its parked driver through an
+/// eventfd) than the same code on a current-thread runtime.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     b.enable_all();
-    if let Some(n) = workers {
-        b.worker_threads(n);
-    }
     Ok(b.build()?)
 }
 

@@ -37,9 +37,11 @@ pub(crate) struct State {
     pub(crate) pool: Option<Arc<str>>,
     pub(crate) client: Option<SocketAddr>,
     pub(crate) request_id: String,
-    pub(crate) method: String,
-    pub(crate) host: String,
-    pub(crate) path: String,
+    /// None: no request was read (`-` in the log).
+    pub(crate) method: Option<hyper::Method>,
+    pub(crate) host: Option<hyper::header::HeaderValue>,
+    /// The request target, whose path is logged.
+    pub(crate) target: Option<hyper::Uri>,
     pub(crate) version: &'static str,
     pub(crate) status: u16,
     pub(crate) backend: Option<SocketAddr>,
@@ -58,6 +60,16 @@ pub(crate) struct State {
     pub(crate) client_stream: Option<Arc<tokio::net::TcpStream>>,
     /// The backend connection's socket, for its `TCP_INFO` at the end.
     pub(crate) upstream_stream: Option<Arc<tokio::net::TcpStream>>,
+}
+
+impl State {
+    fn method_str(&self) -> &str {
+        self.method.as_ref().map_or("-", hyper::Method::as_str)
+    }
+
+    fn path(&self) -> &str {
+        self.target.as_ref().map_or("", hyper::Uri::path)
+    }
 }
 
 impl Drop for Exchange {
@@ -148,8 +160,16 @@ impl Exchange {
         }
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let total = s.started.map(|t| t.elapsed()).unwrap_or_default();
+        // Each leg's TCP_INFO (a system call per leg) when the access log writes it,
+        // or when the request failed and the black-hole signature may explain why.
+        // A request that succeeded has just handed its response to the kernel:
+        // nothing can be unacknowledged for long yet, and the connection's own check
+        // at close still looks at the client leg.
+        let want_tcp = self.ctx.shared.access_log.enabled() || s.cause.is_some();
         let tcp = |leg: &Option<Arc<tokio::net::TcpStream>>| {
-            leg.as_ref().and_then(|st| plumb_sys::tcp_info(&**st).ok())
+            leg.as_ref()
+                .filter(|_| want_tcp)
+                .and_then(|st| plumb_sys::tcp_info(&**st).ok())
         };
         let (client_tcp, upstream_tcp) = (tcp(&s.client_stream), tcp(&s.upstream_stream));
         for (leg, info) in [("client", client_tcp), ("upstream", upstream_tcp)] {
@@ -167,26 +187,17 @@ impl Exchange {
                     .inc();
             }
         }
-        let m = &self.ctx.shared.metrics;
-        let pool = s.pool.as_deref().unwrap_or("").to_string();
-        m.requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                listener: self.ctx.name.to_string(),
-                pool,
-                code: s.status.to_string(),
-                cause: s.cause.map_or("none", Cause::as_str).to_string(),
-            })
-            .inc();
-        let listener = crate::metrics::ListenerLabels {
-            listener: self.ctx.name.to_string(),
-        };
-        m.request_duration
-            .get_or_create(&listener)
-            .observe(total.as_secs_f64());
+        let m = &self.ctx.metrics;
+        m.request(
+            &self.ctx.shared.metrics,
+            &self.ctx.name,
+            s.pool.as_ref(),
+            s.status,
+            s.cause,
+        );
+        m.request_duration.observe(total.as_secs_f64());
         if let Some(fb) = s.first_byte {
-            m.first_byte
-                .get_or_create(&listener)
-                .observe(fb.as_secs_f64());
+            m.first_byte.observe(fb.as_secs_f64());
         }
         if let Some(cause) = s.cause {
             self.ctx.shared.recent.push(crate::recent::RecentError {
@@ -198,7 +209,7 @@ impl Exchange {
                     .client
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
                 request_id: Some(s.request_id.clone()),
-                request: Some(format!("{} {}", s.method, s.path)),
+                request: Some(format!("{} {}", s.method_str(), s.path())),
                 status: Some(s.status),
             });
             tracing::info!(
@@ -218,9 +229,9 @@ impl Exchange {
                 .client
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             request_id: &s.request_id,
-            method: &s.method,
-            host: &s.host,
-            path: &s.path,
+            method: s.method_str(),
+            host: s.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            path: s.path(),
             version: s.version,
             status: s.status,
             backend: s.backend,
@@ -265,7 +276,11 @@ pub(crate) struct BodyAborted(pub(crate) Cause);
 pub(crate) struct Tracked<B: Body> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made the first time a chunk is not there at once: a body whose bytes are
+    /// already in (most small responses) never registers a timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When the chunk being waited for was asked for.
+    asked: Instant,
     direction: Direction,
     exchange: Arc<Exchange>,
     /// Run when the body ended cleanly (returns a kept-alive connection to its pool).
@@ -303,7 +318,8 @@ impl<B: Body> Tracked<B> {
         Tracked {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
+            asked: Instant::now(),
             direction,
             exchange,
             on_end: None,
@@ -374,7 +390,7 @@ where
         // for, not from the last one delivered: while the other side could not take
         // a chunk (back-pressure), nobody was waiting on this body.
         if !this.armed {
-            this.timer.as_mut().reset(Instant::now() + this.idle);
+            this.asked = Instant::now();
             this.armed = true;
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -428,7 +444,19 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let deadline = this.asked + this.idle;
+                let timer = match &mut this.timer {
+                    Some(t) => {
+                        if t.deadline() != deadline {
+                            t.as_mut().reset(deadline);
+                        }
+                        t
+                    }
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                if timer.as_mut().poll(cx).is_ready() {
                     let cause = match this.direction {
                         Direction::Request => Cause::ClientIdleTimeout,
                         Direction::Response => Cause::UpstreamIdleTimeout,

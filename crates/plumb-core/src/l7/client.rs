@@ -58,7 +58,7 @@ impl KeepAlive {
         let mut idle = self.lock();
         let list = idle.get_mut(&addr)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < idle_timeout && i.up.tx.is_ready() && !i.up.tx.is_closed() {
+            if i.since.elapsed() < idle_timeout && !i.up.tx.is_closed() {
                 return Some(i.up);
             }
         }
@@ -128,6 +128,10 @@ pub(crate) async fn connect(
     Ok(UpConn { tx, stream })
 }
 
+/// How long a kept-alive connection may take to turn to its next request before it
+/// is given up for a fresh one.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
 /// How sending a request went.
 pub(crate) enum Sent {
     /// A response head arrived.
@@ -146,7 +150,14 @@ pub(crate) async fn send(
     response_header: Duration,
     exchange: &super::body::Exchange,
 ) -> Sent {
-    if tx.ready().await.is_err() {
+    // A connection just back in the pool may still be finishing its last response
+    // in hyper's task: wait for it (briefly; it is one poll away) unless it is ready.
+    let ready = tx.is_ready()
+        || matches!(
+            tokio::time::timeout(READY_WAIT, tx.ready()).await,
+            Ok(Ok(()))
+        );
+    if !ready {
         return Sent::Returned(
             req,
             Cause::UpstreamClosedEarly,

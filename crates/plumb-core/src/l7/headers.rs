@@ -6,37 +6,61 @@ use std::net::{IpAddr, SocketAddr};
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one hop and never cross a proxy.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that describe one hop and never cross a proxy (names made once, so that
+/// removing them does not parse and hash a string each time).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (a WebSocket handshake
 /// must reach the backend).
-pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if h.contains_key(header::CONNECTION) {
+        // The usual tokens name no header of their own (`close`) or one removed
+        // below anyway (`keep-alive`, `upgrade`): only others are looked up.
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade", ""]
+                    .iter()
+                    .any(|known| t.eq_ignore_ascii_case(known))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if keep_upgrade && name == header::UPGRADE {
+                continue;
+            }
+            h.remove(&name);
         }
-        h.remove(&name);
     }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "connection" || name == "upgrade") {
+    // One pass over the (few) headers present, then removals only for the hop-by-hop
+    // names found: most requests and responses carry none of them.
+    let mut found = [false; 8];
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            found[i] = true;
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
             continue;
         }
         h.remove(name);
@@ -56,47 +80,77 @@ pub(crate) fn is_upgrade(h: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// One client connection's part of the forwarding headers, made once per
+/// connection: formatting an address costs more than everything else plumb does to
+/// a request's head.
+#[derive(Debug, Clone)]
+pub struct ForwardedFor {
+    /// The client's address as `X-Forwarded-For` lists it.
+    ip: HeaderValue,
+    /// `for=<node>;proto=<proto>`, the start of this hop's `Forwarded` element.
+    element: String,
+    proto: &'static str,
+}
+
+impl ForwardedFor {
+    /// For a client at `client`, reached over `proto` (`http` or `https`).
+    pub fn new(client: SocketAddr, proto: &'static str) -> ForwardedFor {
+        let ip = client.ip();
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        ForwardedFor {
+            ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("")),
+            element: format!("for={node};proto={proto}"),
+            proto,
+        }
+    }
+}
+
+/// `a, b` as a header value, without a second copy of the bytes.
+fn joined(prev: &str, next: &str) -> Option<HeaderValue> {
+    let mut s = String::with_capacity(prev.len() + 2 + next.len());
+    s.push_str(prev);
+    s.push_str(", ");
+    s.push_str(next);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
+}
+
 /// Adds the client to `X-Forwarded-For` (appended to what a front sent) and
 /// `Forwarded`, and sets `X-Forwarded-Proto`.
-pub(crate) fn add_forwarded(
-    h: &mut HeaderMap,
-    client: SocketAddr,
-    proto: &'static str,
-    host: &str,
-) {
-    let ip = client.ip();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.to_string(),
+pub fn add_forwarded(h: &mut HeaderMap, client: &ForwardedFor, host: &str) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            joined(prev, client.ip.to_str().unwrap_or_default())
+        }
+        _ => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if !host.is_empty()
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+    let with_host = !host.is_empty()
         && host
             .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
-    {
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',');
+    let mut element = String::with_capacity(client.element.len() + 6 + host.len());
+    element.push_str(&client.element);
+    if with_host {
         element.push_str(";host=");
         element.push_str(host);
     }
     let forwarded = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {element}"),
-        _ => element,
+        Some(prev) if !prev.trim().is_empty() => joined(prev, &element),
+        _ => HeaderValue::from_maybe_shared(bytes::Bytes::from(element)).ok(),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(v) = forwarded {
         h.insert(header::FORWARDED, v);
     }
 }
 
 /// The request id: the client's, when allowed and sane, else a new random one.
-pub(crate) fn request_id(h: &HeaderMap, name: &str, keep: bool) -> String {
+pub fn request_id(h: &HeaderMap, name: &str, keep: bool) -> String {
     if keep {
         if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
             let v = v.trim();
@@ -105,7 +159,14 @@ pub(crate) fn request_id(h: &HeaderMap, name: &str, keep: bool) -> String {
             }
         }
     }
-    format!("{:032x}", fastrand::u128(..))
+    // 32 lowercase hex digits, written directly (`format!` costs several times more).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u128(..);
+    let digits: Vec<u8> = (0..32)
+        .rev()
+        .map(|i| HEX[((n >> (i * 4)) & 0xf) as usize])
+        .collect();
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -159,8 +220,7 @@ mod tests {
         let mut h = map(&[("x-forwarded-for", "203.0.113.7")]);
         add_forwarded(
             &mut h,
-            "192.0.2.1:5000".parse().unwrap(),
-            "http",
+            &ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "http"),
             "example.com",
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.7, 192.0.2.1");
@@ -170,7 +230,11 @@ mod tests {
             "for=192.0.2.1;proto=http;host=example.com"
         );
         let mut h6 = HeaderMap::new();
-        add_forwarded(&mut h6, "[2001:db8::1]:5000".parse().unwrap(), "http", "");
+        add_forwarded(
+            &mut h6,
+            &ForwardedFor::new("[2001:db8::1]:5000".parse().unwrap(), "http"),
+            "",
+        );
         assert_eq!(
             h6.get("forwarded").unwrap(),
             "for=\"[2001:db8::1]\";proto=http"
@@ -183,7 +247,20 @@ mod tests {
         assert_eq!(request_id(&h, "plumb-request-id", true), "abc-123");
         let fresh = request_id(&h, "plumb-request-id", false);
         assert_eq!(fresh.len(), 32);
+        assert!(fresh
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(fresh, "abc-123");
+        // Fresh ids differ (128 random bits) and use every digit position: over a few
+        // hundred ids, each position takes more than one value.
+        let ids: Vec<String> = (0..300)
+            .map(|_| request_id(&h, "plumb-request-id", false))
+            .collect();
+        for pos in 0..32 {
+            let distinct: std::collections::HashSet<u8> =
+                ids.iter().map(|i| i.as_bytes()[pos]).collect();
+            assert!(distinct.len() > 1, "digit {pos} never changes");
+        }
         let bad = map(&[("plumb-request-id", "has space")]);
         assert_ne!(request_id(&bad, "plumb-request-id", true), "has space");
     }

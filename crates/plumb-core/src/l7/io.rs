@@ -29,8 +29,6 @@ pub(crate) struct HeadWatch {
     h2: AtomicBool,
     /// Whether the first bytes were looked at yet.
     seen_first: AtomicBool,
-    /// Wakes the connection task when a head starts, so it arms its timer.
-    pub(crate) started_now: tokio::sync::Notify,
 }
 
 impl HeadWatch {
@@ -76,7 +74,6 @@ impl HeadWatch {
             let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             if started.is_none() {
                 *started = Some(Instant::now());
-                self.started_now.notify_one();
             }
         }
     }
@@ -146,13 +143,27 @@ impl AsyncRead for SharedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Two costs of the obvious `try_read(buf.initialize_unfilled())` avoided here,
+        // both per request on each leg: zeroing hyper's whole read buffer before every
+        // read, and a second `recv` that can only say "would block". A short read
+        // means the socket's receive queue is empty: the closure then reports
+        // WouldBlock so that tokio forgets the readiness (as its own `TcpStream`
+        // does), and the bytes read are returned all the same.
+        let want = buf.remaining();
         loop {
             ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let mut drained = false;
+            let read = self.0.try_io(tokio::io::Interest::READABLE, || {
+                let n = plumb_sys::recv_into(&*self.0, buf)?;
+                if n > 0 && n < want {
+                    drained = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
+                Ok(n)
+            });
+            match read {
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(_) if drained => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }

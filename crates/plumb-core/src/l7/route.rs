@@ -3,7 +3,7 @@
 use plumb_config::model::Route;
 
 /// The host a request names, lowercase, without port or trailing dot.
-pub(crate) fn normalize_host(raw: &str) -> String {
+pub fn normalize_host(raw: &str) -> String {
     let raw = raw.trim();
     let without_port = if let Some(rest) = raw.strip_prefix('[') {
         // [v6]:port
@@ -18,11 +18,27 @@ pub(crate) fn normalize_host(raw: &str) -> String {
 }
 
 /// Whether a path has `.` or `..` segments, also percent-encoded (`%2e`).
-pub(crate) fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
-    })
+pub fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e` or `%2E`; looked at in place (this
+/// runs for every request).
+fn is_dot_segment(seg: &str) -> bool {
+    let mut rest = seg.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 /// Whether `route` matches a request for `host` (normalized) and `path`.
@@ -52,11 +68,7 @@ pub(crate) fn matches(route: &Route, host: &str, path: &str) -> bool {
 }
 
 /// The index of the first route matching, if any.
-pub(crate) fn first_match<'a, T>(
-    routes: &'a [(Route, T)],
-    host: &str,
-    path: &str,
-) -> Option<&'a T> {
+pub fn first_match<'a, T>(routes: &'a [(Route, T)], host: &str, path: &str) -> Option<&'a T> {
     routes
         .iter()
         .find(|(r, _)| matches(r, host, path))
@@ -66,6 +78,18 @@ pub(crate) fn first_match<'a, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The in-place check agrees with decoding each segment and comparing.
+        #[test]
+        fn dot_segments_as_decoded(path in "(/(\\.|%2[eE]|%2|a|b%|\\.\\.){0,4}){0,5}") {
+            let decoded = path.split('/').any(|seg| {
+                let d = seg.replace("%2e", ".").replace("%2E", ".");
+                d == "." || d == ".."
+            });
+            proptest::prop_assert_eq!(has_dot_segments(&path), decoded, "{}", path);
+        }
+    }
 
     fn route(host: Option<&str>, prefix: Option<&str>) -> Route {
         Route {
