@@ -114,6 +114,8 @@ pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: Socket
         tokio::pin!(quiet);
         let go_on = loop {
             tokio::select! {
+                // A first byte that arrives with the deadline is served.
+                biased;
                 r = stream.readable() => {
                     // tokio may report a socket readable that is not (a fresh one
                     // often is): look without reading, and if nothing is there,
@@ -675,7 +677,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
             conn.table.set_legs(None, Some(&tx.stream));
             let abort = guard.backend().abort_token();
             let sent = tokio::select! {
-                s = client::send(&mut tx.tx, req, settings.timeouts.response_header, &exchange) => s,
+                s = client::send(&mut tx.tx, req, settings.timeouts.response_header, &exchange, reused) => s,
                 () = abort.cancelled() => Sent::Failed(
                     guard.backend().abort_cause(),
                     "the backend was drained or marked down while the request waited".to_string(),
@@ -851,18 +853,46 @@ fn respond(
         }
     }
     let (mut parts, body) = resp.into_parts();
+    // A backend that says it closes (or speaks HTTP/1.0) will: not worth pooling.
+    let reusable = parts.version == Version::HTTP_11
+        && !parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"));
     headers::strip_hop_by_hop(&mut parts.headers, false);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         parts.headers.insert(rid_header(ctx), v);
     }
     let keep = Arc::clone(pool);
     let max_idle = pool.settings().upstream.max_idle_per_backend;
+    let sent = Arc::clone(exchange);
     let on_end: Box<dyn FnOnce() + Send> = Box::new(move || {
         drop(guard);
-        // The response was read to its end: the connection goes back to the pool
-        // now. hyper's connection task may not have turned to the next request yet;
-        // whoever takes it waits for that (`client::send`), as hyper's own pool does.
-        keep.http_idle.put(addr, tx, max_idle);
+        if !reusable {
+            return;
+        }
+        if sent.request_sent_at().is_some() {
+            // The response was read to its end and the request had gone out: the
+            // connection goes back to the pool now. hyper's connection task may be
+            // one poll from turning to the next request; whoever takes it waits
+            // for that (`client::send`), as hyper's own pool does.
+            keep.http_idle.put(addr, tx, max_idle);
+        } else {
+            // The backend answered before the request body was all sent (a 401 or
+            // 413 to an upload): the connection is busy until the upload ends, so
+            // it is pooled only once hyper says it is ready, within a second.
+            let mut tx = tx;
+            tokio::spawn(async move {
+                if let Ok(Ok(())) =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), tx.tx.ready()).await
+                {
+                    keep.http_idle.put(addr, tx, max_idle);
+                }
+            });
+        }
     });
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT

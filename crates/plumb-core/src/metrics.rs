@@ -421,30 +421,31 @@ pub(crate) struct ListenerMetrics {
     pub(crate) accepted: Counter,
     /// `plumb_connection_duration_seconds` of this listener.
     pub(crate) connection_duration: Histogram,
-    /// `plumb_http_request_duration_seconds` of this listener.
-    pub(crate) request_duration: Histogram,
-    /// `plumb_http_first_byte_seconds` of this listener.
-    pub(crate) first_byte: Histogram,
-    /// Request counters by pool, status and cause.
-    requests: std::sync::Mutex<HashMap<RequestKey, Counter>>,
+    /// `plumb_http_request_duration_seconds` of this listener (HTTP listeners).
+    pub(crate) request_duration: Option<Histogram>,
+    /// `plumb_http_first_byte_seconds` of this listener (HTTP listeners).
+    pub(crate) first_byte: Option<Histogram>,
+    /// Request counters by pool, status and cause (read-locked on the hot path; a
+    /// write only for a combination not seen before).
+    requests: std::sync::RwLock<HashMap<RequestKey, Counter>>,
     /// Closed-connection counters by cause (the pool is the listener's default pool).
-    closed: std::sync::Mutex<HashMap<Option<crate::Cause>, Counter>>,
+    closed: std::sync::RwLock<HashMap<Option<crate::Cause>, Counter>>,
 }
 
 type RequestKey = (Option<Arc<str>>, u16, Option<crate::Cause>);
 
 impl ListenerMetrics {
-    pub(crate) fn new(m: &Metrics, listener: &str) -> ListenerMetrics {
+    pub(crate) fn new(m: &Metrics, listener: &str, http: bool) -> ListenerMetrics {
         let labels = ListenerLabels {
             listener: listener.to_string(),
         };
         ListenerMetrics {
             accepted: m.connections_accepted.get_or_create(&labels).clone(),
             connection_duration: m.connection_duration.get_or_create(&labels).clone(),
-            request_duration: m.request_duration.get_or_create(&labels).clone(),
-            first_byte: m.first_byte.get_or_create(&labels).clone(),
-            requests: std::sync::Mutex::default(),
-            closed: std::sync::Mutex::default(),
+            request_duration: http.then(|| m.request_duration.get_or_create(&labels).clone()),
+            first_byte: http.then(|| m.first_byte.get_or_create(&labels).clone()),
+            requests: std::sync::RwLock::default(),
+            closed: std::sync::RwLock::default(),
         }
     }
 
@@ -457,12 +458,17 @@ impl ListenerMetrics {
         code: u16,
         cause: Option<crate::Cause>,
     ) {
-        let mut cache = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let key = (pool.cloned(), code, cause);
-        if let Some(c) = cache.get(&key) {
+        if let Some(c) = self
+            .requests
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             c.inc();
             return;
         }
+        let mut cache = self.requests.write().unwrap_or_else(|p| p.into_inner());
         let counter = m
             .requests
             .get_or_create(&RequestLabels {
@@ -473,7 +479,7 @@ impl ListenerMetrics {
             })
             .clone();
         counter.inc();
-        cache.insert(key, counter);
+        cache.entry(key).or_insert(counter);
     }
 
     /// Counts an ended connection and its lifetime.
@@ -486,7 +492,16 @@ impl ListenerMetrics {
         duration: std::time::Duration,
     ) {
         self.connection_duration.observe(duration.as_secs_f64());
-        let mut cache = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = self
+            .closed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cause)
+        {
+            c.inc();
+            return;
+        }
+        let mut cache = self.closed.write().unwrap_or_else(|p| p.into_inner());
         let counter = cache.entry(cause).or_insert_with(|| {
             m.connections_closed
                 .get_or_create(&ClosedLabels {

@@ -604,7 +604,11 @@ impl Server {
             shared: Arc::clone(&self.shared),
             stats,
             limit,
-            metrics: crate::metrics::ListenerMetrics::new(&self.shared.metrics, &settings.name),
+            metrics: crate::metrics::ListenerMetrics::new(
+                &self.shared.metrics,
+                &settings.name,
+                settings.protocol == plumb_config::model::Protocol::Http,
+            ),
             rid_header: hyper::header::HeaderName::from_bytes(
                 settings.request_id_header.as_bytes(),
             )

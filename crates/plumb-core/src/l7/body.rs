@@ -195,9 +195,11 @@ impl Exchange {
             s.status,
             s.cause,
         );
-        m.request_duration.observe(total.as_secs_f64());
-        if let Some(fb) = s.first_byte {
-            m.first_byte.observe(fb.as_secs_f64());
+        if let Some(h) = &m.request_duration {
+            h.observe(total.as_secs_f64());
+        }
+        if let (Some(fb), Some(h)) = (s.first_byte, &m.first_byte) {
+            h.observe(fb.as_secs_f64());
         }
         if let Some(cause) = s.cause {
             self.ctx.shared.recent.push(crate::recent::RecentError {

@@ -149,20 +149,25 @@ pub(crate) async fn send(
     req: Request<UpBody>,
     response_header: Duration,
     exchange: &super::body::Exchange,
+    reused: bool,
 ) -> Sent {
     // A connection just back in the pool may still be finishing its last response
-    // in hyper's task: wait for it (briefly; it is one poll away) unless it is ready.
-    let ready = tx.is_ready()
-        || matches!(
-            tokio::time::timeout(READY_WAIT, tx.ready()).await,
-            Ok(Ok(()))
-        );
-    if !ready {
-        return Sent::Returned(
-            req,
-            Cause::UpstreamClosedEarly,
-            "connection closed before the request".to_string(),
-        );
+    // in hyper's task: wait for it (briefly; it is one poll away) unless it is
+    // ready. A fresh connection has just completed its handshake.
+    let ready = if tx.is_ready() {
+        Ok(())
+    } else if reused {
+        match tokio::time::timeout(READY_WAIT, tx.ready()).await {
+            Ok(r) => r.map_err(|_| "connection closed before the request"),
+            Err(_) => Err("kept-alive connection not ready for a new request in time"),
+        }
+    } else {
+        tx.ready()
+            .await
+            .map_err(|_| "connection closed before the request")
+    };
+    if let Err(why) = ready {
+        return Sent::Returned(req, Cause::UpstreamClosedEarly, why.to_string());
     }
     // The response-head timer starts once the whole request has gone upstream: a
     // client still uploading is bounded by the body idle timer, and a slow upload is

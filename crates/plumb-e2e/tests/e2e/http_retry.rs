@@ -272,3 +272,104 @@ async fn retry_budget_bounds_retries() {
         "the first 10 are retried, then the budget is spent"
     );
 }
+
+/// A backend that answers before it has read the whole upload (a 401 to a POST)
+/// keeps that connection busy until the upload ends. The connection must not be
+/// handed to the next request meanwhile: that request is served at once on another
+/// connection, not after waiting out the busy one (regression: it used to wait a
+/// second and then drop every kept-alive connection to the backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_uploading_is_not_given_to_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Each connection: read a head; a POST is answered 401 at once and its
+    // announced body is then read and thrown away; anything else gets 200.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end);
+                    if head.starts_with("post") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        while buf.len() < len {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..len);
+                    } else {
+                        let _ = s.write_all(&ok("fine")).await;
+                    }
+                }
+            });
+        }
+    });
+    let plumb = Plumb::start(&http_config(&[backend], "", "")).await;
+
+    let mut uploader = Client::connect(plumb.addr()).await;
+    uploader
+        .send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n12345")
+        .await;
+    let early = tokio::time::timeout(Duration::from_secs(5), uploader.head())
+        .await
+        .expect("the early answer within 5 s")
+        .expect("the early answer");
+    assert_eq!(early.status, 401);
+    // The upload is still going (5 of 10 bytes): the next request must not wait
+    // for its connection.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    let r = get(plumb.addr(), "/next", &[]).await;
+    let took = t0.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "fine");
+    assert!(
+        took < Duration::from_millis(500),
+        "the next request waited {took:?} (for the connection still uploading?)"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the next request went on a second connection"
+    );
+    // The upload ends; its connection is then ready and kept for reuse.
+    uploader.send(b"67890").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        assert_eq!(get(plumb.addr(), "/again", &[]).await.text(), "fine");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "kept-alive connections were reused, none thrown away"
+    );
+    server.abort();
+}

@@ -97,7 +97,11 @@ pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow
             let admin_dup = admin_listener_dup(&admin_listener)?;
             let server = Arc::clone(&server);
             let handed_over = handed_over.clone();
+            // On a thread of its own: the handshake with the old process blocks
+            // (bounded), and with one worker the runtime's only thread must go on
+            // serving meanwhile.
             move || {
+                std::thread::spawn(move || {
                 let took_over = handover.is_some();
                 if let Some(h) = handover {
                     let from = h.from_pid;
@@ -125,6 +129,7 @@ pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow
                         tracing::error!(error = %format!("{e:#}"), "binary upgrades unavailable");
                     }
                 }
+                });
             }
         };
         let admin = plumb_admin::Admin::new(
