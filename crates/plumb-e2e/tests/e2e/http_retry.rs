@@ -346,7 +346,7 @@ async fn a_connection_still_uploading_is_not_given_to_the_next_request() {
     // The upload is still going (5 of 10 bytes): the next request must not wait
     // for its connection.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let r = get(plumb.addr(), "/next", &[]).await;
     let took = t0.elapsed();
     assert_eq!(r.status, 200);
