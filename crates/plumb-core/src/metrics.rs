@@ -421,9 +421,9 @@ pub(crate) struct ListenerMetrics {
     pub(crate) accepted: Counter,
     /// `plumb_connection_duration_seconds` of this listener.
     pub(crate) connection_duration: Histogram,
-    /// `plumb_http_request_duration_seconds` of this listener (HTTP listeners).
+    /// `plumb_request_duration_seconds` of this listener (HTTP listeners).
     pub(crate) request_duration: Option<Histogram>,
-    /// `plumb_http_first_byte_seconds` of this listener (HTTP listeners).
+    /// `plumb_time_to_first_byte_seconds` of this listener (HTTP listeners).
     pub(crate) first_byte: Option<Histogram>,
     /// Request counters by pool, status and cause (read-locked on the hot path; a
     /// write only for a combination not seen before).
@@ -458,28 +458,16 @@ impl ListenerMetrics {
         code: u16,
         cause: Option<crate::Cause>,
     ) {
-        let key = (pool.cloned(), code, cause);
-        if let Some(c) = self
-            .requests
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            c.inc();
-            return;
-        }
-        let mut cache = self.requests.write().unwrap_or_else(|p| p.into_inner());
-        let counter = m
-            .requests
-            .get_or_create(&RequestLabels {
-                listener: listener.to_string(),
-                pool: pool.map_or("", |p| p).to_string(),
-                code: code.to_string(),
-                cause: cause.map_or("none", crate::Cause::as_str).to_string(),
-            })
-            .clone();
-        counter.inc();
-        cache.entry(key).or_insert(counter);
+        inc_cached(&self.requests, (pool.cloned(), code, cause), || {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    listener: listener.to_string(),
+                    pool: pool.map_or("", |p| p).to_string(),
+                    code: code.to_string(),
+                    cause: cause.map_or("none", crate::Cause::as_str).to_string(),
+                })
+                .clone()
+        });
     }
 
     /// Counts an ended connection and its lifetime.
@@ -492,17 +480,7 @@ impl ListenerMetrics {
         duration: std::time::Duration,
     ) {
         self.connection_duration.observe(duration.as_secs_f64());
-        if let Some(c) = self
-            .closed
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&cause)
-        {
-            c.inc();
-            return;
-        }
-        let mut cache = self.closed.write().unwrap_or_else(|p| p.into_inner());
-        let counter = cache.entry(cause).or_insert_with(|| {
+        inc_cached(&self.closed, cause, || {
             m.connections_closed
                 .get_or_create(&ClosedLabels {
                     listener: listener.to_string(),
@@ -511,8 +489,26 @@ impl ListenerMetrics {
                 })
                 .clone()
         });
-        counter.inc();
     }
+}
+
+/// Increments the counter cached under `key`, made with `make` (from its family)
+/// the first time: a read lock on the hot path, a write lock once per new key.
+fn inc_cached<K: std::hash::Hash + Eq>(
+    cache: &std::sync::RwLock<HashMap<K, Counter>>,
+    key: K,
+    make: impl FnOnce() -> Counter,
+) {
+    if let Some(c) = cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        c.inc();
+        return;
+    }
+    cache
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(make)
+        .inc();
 }
 
 /// prometheus-client writes OpenMetrics, where a counter family `x` has samples
@@ -635,5 +631,49 @@ mod tests {
         }
         assert!(text.contains("plumb_requests_total{listener=\"l\",pool=\"p\",code=\"502\",cause=\"upstream_connect_refused\"} 1"), "{text}");
         assert!(!text.contains("# EOF"));
+    }
+
+    /// The cached handles count into the same series the families expose, with the
+    /// same label values as before the cache (pool "" when none, cause "none").
+    #[test]
+    fn listener_handles_count_into_the_exposed_series() {
+        let m = Metrics::new();
+        let web = ListenerMetrics::new(&m, "web", true);
+        let pool: Arc<str> = Arc::from("app");
+        for _ in 0..3 {
+            web.request(&m, "web", Some(&pool), 200, None);
+        }
+        web.request(&m, "web", None, 404, Some(crate::Cause::NoRoute));
+        web.request(&m, "web", None, 404, Some(crate::Cause::NoRoute));
+        web.closed(&m, "web", "app", None, std::time::Duration::from_millis(5));
+        web.closed(&m, "web", "app", None, std::time::Duration::from_millis(5));
+        web.accepted.inc();
+        let tcp = ListenerMetrics::new(&m, "tunnel", false);
+        tcp.closed(
+            &m,
+            "tunnel",
+            "db",
+            Some(crate::Cause::UpstreamReset),
+            std::time::Duration::ZERO,
+        );
+        let text = m.encode();
+        for line in [
+            "plumb_requests_total{listener=\"web\",pool=\"app\",code=\"200\",cause=\"none\"} 3",
+            "plumb_requests_total{listener=\"web\",pool=\"\",code=\"404\",cause=\"no_route\"} 2",
+            "plumb_connections_closed_total{listener=\"web\",pool=\"app\",cause=\"none\"} 2",
+            "plumb_connections_closed_total{listener=\"tunnel\",pool=\"db\",cause=\"upstream_reset\"} 1",
+            "plumb_connections_accepted_total{listener=\"web\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        // HTTP histograms only for HTTP listeners.
+        assert!(
+            text.contains("plumb_request_duration_seconds_count{listener=\"web\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("plumb_request_duration_seconds_count{listener=\"tunnel\"}"),
+            "{text}"
+        );
     }
 }
