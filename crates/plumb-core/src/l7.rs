@@ -651,10 +651,16 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
         };
         let mut req = build(body);
         let mut fresh_retry_done = false;
+        let mut skip_idle = false;
         loop {
             exchange.with(|s| s.attempts += 1);
             let t_attempt = Instant::now();
-            let (mut tx, reused) = match pool.http_idle.take(addr, settings.upstream.idle_timeout) {
+            let idle = if skip_idle {
+                None
+            } else {
+                pool.http_idle.take(addr, settings.upstream.idle_timeout)
+            };
+            let (mut tx, reused) = match idle {
                 Some(tx) => (tx, true),
                 None => match client::connect(addr, &settings).await {
                     Ok(tx) => {
@@ -702,6 +708,23 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                         client_upgrade,
                         &method,
                     );
+                }
+                Sent::Busy(back) => {
+                    // The kept-alive connection is still finishing its last
+                    // exchange: it goes back to the pool once hyper turns to the
+                    // next request, and this one goes on a fresh connection.
+                    tracing::debug!(backend.addr = %addr, "kept-alive connection still busy; sending on a fresh one");
+                    let keep = Arc::clone(&pool);
+                    let max_idle = settings.upstream.max_idle_per_backend;
+                    let wait = settings.upstream.idle_timeout;
+                    tokio::spawn(async move {
+                        if let Ok(Ok(())) = tokio::time::timeout(wait, tx.tx.ready()).await {
+                            keep.http_idle.put(addr, tx, max_idle);
+                        }
+                    });
+                    skip_idle = true;
+                    req = back;
+                    continue;
                 }
                 Sent::Returned(back, cause, text) if reused && !fresh_retry_done => {
                     // The stale keep-alive race: the backend had closed this idle
@@ -853,8 +876,18 @@ fn respond(
         }
     }
     let (mut parts, body) = resp.into_parts();
-    // A backend that says it closes (or speaks HTTP/1.0) will: not worth pooling.
+    let no_body = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || body.is_end_stream();
+    // Pooled only if hyper will keep the connection: HTTP/1.1, no `Connection:
+    // close`, no switch of protocols, and a body whose end is framed (a length or
+    // chunks) rather than the backend's close.
     let reusable = parts.version == Version::HTTP_11
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && (no_body
+            || parts.headers.contains_key(header::CONTENT_LENGTH)
+            || parts.headers.contains_key(header::TRANSFER_ENCODING))
         && !parts
             .headers
             .get_all(header::CONNECTION)
@@ -894,10 +927,6 @@ fn respond(
             });
         }
     });
-    let no_body = *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || body.is_end_stream();
     let backend = Arc::clone(guard_backend);
     let mut tracked = Tracked::new(
         body,

@@ -141,6 +141,10 @@ pub(crate) enum Sent {
     Returned(Request<UpBody>, Cause, String),
     /// It may have reached the backend; no response head came.
     Failed(Cause, String),
+    /// The kept-alive connection had not finished its last exchange in time (hyper
+    /// was still writing a request body a backend had already answered): the
+    /// request never left and goes on another connection; nothing failed.
+    Busy(Request<UpBody>),
 }
 
 /// Sends `req` on `tx`, waiting at most `response_header` for the response head.
@@ -159,7 +163,7 @@ pub(crate) async fn send(
     } else if reused {
         match tokio::time::timeout(READY_WAIT, tx.ready()).await {
             Ok(r) => r.map_err(|_| "connection closed before the request"),
-            Err(_) => Err("kept-alive connection not ready for a new request in time"),
+            Err(_) => return Sent::Busy(req),
         }
     } else {
         tx.ready()
