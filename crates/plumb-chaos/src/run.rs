@@ -221,6 +221,21 @@ tcp = {{ keepalive_idle = "1s", keepalive_interval = "1s", keepalive_count = 2, 
 }
 
 /// One admin API call: the status.
+/// Puts each backend (its HTTP and echo address) back in the `web` and `echo`
+/// pools, as it was before a fault drained or deregistered it.
+fn register_again(admin_addr: SocketAddr, backends: &[(SocketAddr, SocketAddr)]) {
+    for (h, e) in backends {
+        for (pool, a) in [("web", h), ("echo", e)] {
+            admin(
+                admin_addr,
+                "PUT",
+                &format!("/api/v1/pools/{pool}/backends/{a}"),
+                "",
+            );
+        }
+    }
+}
+
 fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return 0;
@@ -574,16 +589,7 @@ fn start_fault(
                     "",
                 );
             }
-            Box::new(move || {
-                for (pool, a) in [("web", h), ("echo", e)] {
-                    admin(
-                        admin_addr,
-                        "PUT",
-                        &format!("/api/v1/pools/{pool}/backends/{a}"),
-                        "",
-                    );
-                }
-            })
+            Box::new(move || register_again(admin_addr, &[(h, e)]))
         }
         "drain_all" => {
             let addrs: Vec<(SocketAddr, SocketAddr)> = w
@@ -604,18 +610,7 @@ fn start_fault(
                     );
                 }
             }
-            Box::new(move || {
-                for (h, e) in &addrs {
-                    for (pool, a) in [("web", h), ("echo", e)] {
-                        admin(
-                            admin_addr,
-                            "PUT",
-                            &format!("/api/v1/pools/{pool}/backends/{a}"),
-                            "",
-                        );
-                    }
-                }
-            })
+            Box::new(move || register_again(admin_addr, &addrs))
         }
         "reloads" => {
             let w2 = Arc::clone(w);
