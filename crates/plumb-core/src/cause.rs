@@ -221,6 +221,13 @@ impl Cause {
     /// The cause of an I/O error on an established leg.
     pub fn of_io_error(e: &io::Error, side: Side) -> Cause {
         use io::ErrorKind as K;
+        if e.get_ref().is_some_and(|inner| inner.is::<WriteStalled>()) {
+            // plumb's own bound on a write the peer would not take, not the kernel's.
+            return match side {
+                Side::Client => Cause::ClientIdleTimeout,
+                Side::Upstream => Cause::UpstreamIdleTimeout,
+            };
+        }
         match (side, e.kind()) {
             (Side::Client, K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted) => {
                 Cause::ClientReset
@@ -245,6 +252,13 @@ impl fmt::Display for Cause {
         f.write_str(self.as_str())
     }
 }
+
+/// A write the peer took no byte of for this long (its receive window stayed shut):
+/// plumb gave up on it. Carried inside an `io::Error` of kind `TimedOut`, and mapped
+/// to the idle-timeout cause of the side that stopped reading.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the peer took no bytes for {}ms", .0.as_millis())]
+pub struct WriteStalled(pub std::time::Duration);
 
 /// The two legs of a proxied connection: downstream (client) and upstream (backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -166,7 +166,15 @@ async fn serve_in_span(
     started: Instant,
 ) {
     let mut failed: Option<Cause> = None;
-    let watch = Arc::new(io::HeadWatch::new());
+    // Writes to the client are bounded by the routed pool's `timeouts.idle`; until
+    // a request is routed, by the default pool's (plumb's own answers only).
+    let write_stall = ctx
+        .pool
+        .as_ref()
+        .map_or(plumb_config::model::DEFAULT_BODY_IDLE, |p| {
+            p.settings().timeouts.idle
+        });
+    let watch = Arc::new(io::HeadWatch::new(write_stall));
     match ctx.tls.clone() {
         None => {
             let stream = Arc::new(stream);
@@ -209,10 +217,7 @@ async fn serve_in_span(
                 .await
             {
                 Ok(Ok(tls_stream)) => {
-                    let watched = io::Watched {
-                        inner: tls_stream,
-                        watch: Arc::clone(&watch),
-                    };
+                    let watched = io::Watched::new(tls_stream, Arc::clone(&watch));
                     run_connection(
                         &ctx,
                         watched,
@@ -499,6 +504,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
             started: Some(t0),
             header_read,
             client_stream: conn.stream.clone(),
+            client_watch: Some(Arc::clone(&conn.watch)),
             ..State::default()
         },
         Box::new(move || done_conn.request_done()),
@@ -612,6 +618,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
         exchange.mark_request_sent();
     }
     let settings = pool.settings();
+    conn.watch.set_write_stall(settings.timeouts.idle);
     let mut body_slot: Option<UpBody> = Some(
         Tracked::new(
             body,

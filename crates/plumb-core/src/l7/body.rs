@@ -60,6 +60,10 @@ pub(crate) struct State {
     pub(crate) client_stream: Option<Arc<tokio::net::TcpStream>>,
     /// The backend connection's socket, for its `TCP_INFO` at the end.
     pub(crate) upstream_stream: Option<Arc<tokio::net::TcpStream>>,
+    /// The client connection's watch: says whether a write to the client ran out
+    /// of its stall bound (the client stopped reading) when the exchange is
+    /// abandoned.
+    pub(crate) client_watch: Option<Arc<super::io::HeadWatch>>,
 }
 
 impl State {
@@ -77,10 +81,7 @@ impl Drop for Exchange {
         // hyper drops a request's future when the client goes away before the
         // response head: the request still gets its log line and its count.
         if !self.done.load(Ordering::Acquire) {
-            self.fail(
-                Cause::ClientClosedEarly,
-                "the client closed before the response",
-            );
+            self.client_gone("the client closed before the response");
             self.finish();
         }
     }
@@ -108,6 +109,19 @@ impl Exchange {
             request_sent: Mutex::new(None),
             request_sent_now: tokio::sync::Notify::new(),
         })
+    }
+
+    /// hyper abandoned the exchange because the client connection ended: the client
+    /// stopped reading (a write to it ran out of its stall bound) or went away.
+    fn client_gone(&self, closed: &str) {
+        let stalled = self.with(|s| s.client_watch.as_ref().and_then(|w| w.write_stalled()));
+        match stalled {
+            Some(stall) => self.fail(
+                Cause::ClientIdleTimeout,
+                format!("the client took no bytes for {}ms", stall.as_millis()),
+            ),
+            None => self.fail(Cause::ClientClosedEarly, closed),
+        }
     }
 
     /// The request (body included) has gone upstream.
@@ -348,6 +362,16 @@ impl<B: Body> Tracked<B> {
         self
     }
 
+    /// Whether every byte of the body has passed. A request body is complete when its
+    /// announced length has arrived, even before the end of the stream: an HTTP/2
+    /// client may send END_STREAM in a later, empty DATA frame, and hyper's HTTP/1
+    /// writer stops at the length without asking for it, so the response-head timer
+    /// must not wait for that frame.
+    fn complete(&self) -> bool {
+        self.inner.is_end_stream()
+            || (self.direction == Direction::Request && self.inner.size_hint().exact() == Some(0))
+    }
+
     fn end(&mut self) {
         if self.ended {
             return;
@@ -419,7 +443,7 @@ where
                     });
                 }
                 this.armed = false;
-                if this.inner.is_end_stream() {
+                if this.complete() {
                     this.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -486,7 +510,7 @@ where
 
 impl<B: Body> Drop for Tracked<B> {
     fn drop(&mut self) {
-        if !self.ended && self.inner.is_end_stream() {
+        if !self.ended && self.complete() {
             // hyper stops polling once the body says it is complete (a known length
             // fully sent): that is a clean end.
             self.end();
@@ -495,10 +519,8 @@ impl<B: Body> Drop for Tracked<B> {
             if !self.ended {
                 // hyper drops a body it never had to poll (HEAD, 204, 304): that
                 // is a clean end. Otherwise the client went away mid-response.
-                self.exchange.fail(
-                    Cause::ClientClosedEarly,
-                    "the client closed before the response ended",
-                );
+                self.exchange
+                    .client_gone("the client closed before the response ended");
             }
             self.exchange.finish();
         }

@@ -111,7 +111,10 @@ pub(crate) async fn connect(
     let stream = std::sync::Arc::new(
         upstream::connect(addr, &settings.tcp, settings.timeouts.connect).await?,
     );
-    let io = super::io::SharedStream(std::sync::Arc::clone(&stream));
+    let io = super::io::SharedStream::write_stall(
+        std::sync::Arc::clone(&stream),
+        settings.timeouts.idle,
+    );
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
@@ -207,6 +210,13 @@ pub(crate) async fn send(
 /// The cause of an upstream hyper error, found by walking `source()`.
 pub(crate) fn cause_of(e: &hyper::Error) -> Cause {
     if let Some(io) = find_io(e) {
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<crate::cause::WriteStalled>())
+        {
+            // The backend stopped taking the request (its window stayed shut).
+            return Cause::UpstreamIdleTimeout;
+        }
         return match io.kind() {
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe

@@ -4,15 +4,19 @@
 //! silent close. The socket is shared (`Arc`), so the connection task can still write
 //! that 408 and close while hyper holds the I/O.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+
+use crate::cause::WriteStalled;
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -29,14 +33,34 @@ pub(crate) struct HeadWatch {
     h2: AtomicBool,
     /// Whether the first bytes were looked at yet.
     seen_first: AtomicBool,
+    /// How long a write to the client may find its window shut before the
+    /// connection is given up (the routed pool's `timeouts.idle`), in ms.
+    write_stall_ms: AtomicU64,
+    /// That bound ran out: the client stopped reading.
+    write_stalled: AtomicBool,
 }
 
 impl HeadWatch {
-    pub(crate) fn new() -> HeadWatch {
+    /// `write_stall` bounds writes to the client until a request sets its pool's.
+    pub(crate) fn new(write_stall: Duration) -> HeadWatch {
         HeadWatch {
             waiting: AtomicBool::new(true),
+            write_stall_ms: AtomicU64::new(millis(write_stall)),
             ..HeadWatch::default()
         }
+    }
+
+    /// Writes to the client are bounded by this from now on (the pool a request
+    /// was routed to: its `timeouts.idle`).
+    pub(crate) fn set_write_stall(&self, stall: Duration) {
+        self.write_stall_ms.store(millis(stall), Ordering::Relaxed);
+    }
+
+    /// The bound a write to the client ran out of, if one did.
+    pub(crate) fn write_stalled(&self) -> Option<Duration> {
+        self.write_stalled
+            .load(Ordering::Acquire)
+            .then(|| Duration::from_millis(self.write_stall_ms.load(Ordering::Relaxed)))
     }
 
     /// A request reached the service: its head is complete.
@@ -79,11 +103,47 @@ impl HeadWatch {
     }
 }
 
-/// Any stream (TLS) whose decrypted reads feed the head watch.
+/// Any stream (TLS) whose decrypted reads feed the head watch, and whose writes
+/// are bounded by the watch's write-stall time: a client that stops reading a
+/// response (its window stays shut) is given up after the routed pool's
+/// `timeouts.idle`, as an upload is when it stops.
 #[derive(Debug)]
 pub(crate) struct Watched<T> {
     pub(crate) inner: T,
     pub(crate) watch: Arc<HeadWatch>,
+    blocked: StallTimer,
+}
+
+impl<T> Watched<T> {
+    pub(crate) fn new(inner: T, watch: Arc<HeadWatch>) -> Watched<T> {
+        Watched {
+            inner,
+            watch,
+            blocked: StallTimer::default(),
+        }
+    }
+
+    fn written(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(r) => {
+                self.blocked.clear();
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let stall =
+                    Duration::from_millis(self.watch.write_stall_ms.load(Ordering::Relaxed));
+                let r = self.blocked.poll(cx, stall);
+                if r.is_ready() {
+                    self.watch.write_stalled.store(true, Ordering::Release);
+                }
+                r
+            }
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -108,7 +168,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.written(r, cx)
     }
 
     fn poll_write_vectored(
@@ -116,7 +177,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -132,10 +194,83 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The timer of a write that could not go out: armed at the first such poll (not
+/// re-armed at each), dropped once a write goes out.
+#[derive(Debug, Default)]
+struct StallTimer(Option<Pin<Box<Sleep>>>);
+
+impl StallTimer {
+    /// `Ready(Err(WriteStalled))` once the write has waited `stall`.
+    fn poll(&mut self, cx: &mut Context<'_>, stall: Duration) -> Poll<io::Result<usize>> {
+        let timer = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.0 = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                WriteStalled(stall),
+            )));
+        }
+        Poll::Pending
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// A socket shared between hyper (which drives it) and plumb (which reads its
 /// `TCP_INFO`): reads and writes go straight to the `&TcpStream`.
+///
+/// A write the peer does not take (its receive window stays shut) fails after
+/// `stall`, when set, with [`WriteStalled`]: a backend that stops reading an upload
+/// neither polls the request body (so its idle timer never runs) nor answers (so the
+/// response-head timer never starts), and without this bound the request would wait
+/// for as long as the client does.
 #[derive(Debug)]
-pub(crate) struct SharedStream(pub(crate) Arc<TcpStream>);
+pub(crate) struct SharedStream {
+    pub(crate) socket: Arc<TcpStream>,
+    stall: Option<Duration>,
+    blocked: StallTimer,
+}
+
+impl SharedStream {
+    /// Writes are not bounded here (another timer bounds them).
+    pub(crate) fn new(socket: Arc<TcpStream>) -> SharedStream {
+        SharedStream {
+            socket,
+            stall: None,
+            blocked: StallTimer::default(),
+        }
+    }
+
+    /// Writes the peer takes no byte of for `stall` fail with [`WriteStalled`].
+    pub(crate) fn write_stall(socket: Arc<TcpStream>, stall: Duration) -> SharedStream {
+        SharedStream {
+            socket,
+            stall: Some(stall),
+            blocked: StallTimer::default(),
+        }
+    }
+
+    /// A write could not go out: pending until the stall bound (if any) runs out.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match self.stall {
+            Some(stall) => self.blocked.poll(cx, stall),
+            None => Poll::Pending,
+        }
+    }
+
+    fn wrote(&mut self, r: io::Result<usize>) -> Poll<io::Result<usize>> {
+        self.blocked.clear();
+        Poll::Ready(r)
+    }
+}
 
 impl AsyncRead for SharedStream {
     fn poll_read(
@@ -151,10 +286,10 @@ impl AsyncRead for SharedStream {
         // does), and the bytes read are returned all the same.
         let want = buf.remaining();
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
+            ready!(self.socket.poll_read_ready(cx))?;
             let mut drained = false;
-            let read = self.0.try_io(tokio::io::Interest::READABLE, || {
-                let n = plumb_sys::recv_into(&*self.0, buf)?;
+            let read = self.socket.try_io(tokio::io::Interest::READABLE, || {
+                let n = plumb_sys::recv_into(&*self.socket, buf)?;
                 if n > 0 && n < want {
                     drained = true;
                     return Err(io::ErrorKind::WouldBlock.into());
@@ -177,12 +312,16 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(data) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+            match this.socket.poll_write_ready(cx) {
+                Poll::Pending => return this.stalled(cx),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match this.socket.try_write(data) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                r => return this.wrote(r),
             }
         }
     }
@@ -192,12 +331,16 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+            match this.socket.poll_write_ready(cx) {
+                Poll::Pending => return this.stalled(cx),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match this.socket.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                r => return this.wrote(r),
             }
         }
     }
@@ -211,7 +354,7 @@ impl AsyncWrite for SharedStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let _ = plumb_sys::shutdown_write(&*self.0);
+        let _ = plumb_sys::shutdown_write(&*self.socket);
         Poll::Ready(Ok(()))
     }
 }
@@ -236,10 +379,7 @@ impl ClientIo {
         peer: std::net::SocketAddr,
     ) -> ClientIo {
         ClientIo {
-            inner: Watched {
-                inner: SharedStream(stream),
-                watch,
-            },
+            inner: Watched::new(SharedStream::new(stream), watch),
             ctx,
             peer,
             rewritten: None,
@@ -298,7 +438,7 @@ impl ClientIo {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]))?;
             *done += n;
             if *done >= bytes.len() {
-                let _ = plumb_sys::shutdown_write(&*self.inner.inner.0);
+                let _ = plumb_sys::shutdown_write(&*self.inner.inner.socket);
                 return Poll::Ready(Ok(total));
             }
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 
 use crate::http_basics::{assert_plumb_error, http_config, log_line, ok, origin, Client, Step, T};
@@ -276,4 +276,218 @@ async fn stalled_upload_is_not_blamed_on_the_backend() {
         b.errors(),
         b.consecutive_failures()
     );
+}
+
+/// A request body whose frames the test hands over one by one (an HTTP/2 client
+/// that decides when to send END_STREAM).
+struct Frames(tokio::sync::mpsc::Receiver<hyper::body::Frame<bytes::Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+/// An HTTP/2 client sends its whole announced body (Content-Length: 5) but holds
+/// END_STREAM back, as clients may (it comes in a later, empty DATA frame). The
+/// backend reads the 5 bytes and never answers: the response-head timer must start
+/// when the fifth byte went upstream, so the client gets 504
+/// `upstream_response_timeout` about `response_header` (300 ms) later, not an
+/// answer only when it finally ends its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_body_complete_before_end_stream_starts_the_response_timer() {
+    let o = origin(|_| vec![Step::Hang]).await;
+    let plumb = Plumb::start(&http_config(
+        &[o.addr],
+        "[pool.timeouts]\nresponse_header = \"300ms\"\n",
+        "",
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(plumb.addr()).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Frames>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (frames, body) = tokio::sync::mpsc::channel(4);
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/upload", plumb.addr()))
+        .header("content-length", "5")
+        .header("plumb-request-id", "h2-late-end")
+        .body(Frames(body))
+        .unwrap();
+    frames
+        .send(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"hello",
+        )))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    // `frames` stays open (END_STREAM held back) until the answer came.
+    let resp = timeout(Duration::from_secs(5), tx.send_request(req))
+        .await
+        .expect("no answer within 5 s: the response-head timer never started")
+        .expect("an answer, not a reset stream");
+    let took = t0.elapsed();
+    drop(frames);
+    assert_eq!(resp.status(), 504, "{resp:?}");
+    assert_eq!(
+        resp.headers()
+            .get("plumb-error")
+            .map(|v| v.to_str().unwrap()),
+        Some("upstream_response_timeout"),
+        "{resp:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2000),
+        "504 after {took:?}, expected about 300 ms"
+    );
+    let seen = o.seen();
+    assert!(
+        seen.first()
+            .is_some_and(|r| r.complete && r.body == b"hello"),
+        "the backend must have had the whole body: {seen:?}"
+    );
+    let l = log_line(&plumb, "h2-late-end").await;
+    assert_eq!(l["cause"], "upstream_response_timeout", "{l}");
+    assert_eq!(l["bytes_from_client"], 5, "{l}");
+}
+
+/// The backend reads a request head and then stops reading: its window shuts while
+/// the client still uploads. hyper can then neither send the body (so the body's
+/// idle timer is not polled) nor get an answer (so the response-head timer never
+/// starts). The write towards the backend is bounded by `pool.timeouts.idle`
+/// (300 ms here): the client gets 504 `upstream_idle_timeout`, and the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_reading_an_upload_is_cut_after_idle() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        // Hold the socket without reading until the test ends.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        drop(s);
+    });
+    let plumb = Plumb::start(&http_config(&[backend_addr], BODY_IDLE, "")).await;
+    let stream = tokio::net::TcpStream::connect(plumb.addr()).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    const TOTAL: usize = 256 << 20;
+    let uploader = tokio::spawn(async move {
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: h\r\nplumb-request-id: unread-upload\r\nContent-Length: {TOTAL}\r\n\r\n"
+        );
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut sent = 0;
+        // Bounded in bytes and time; it stops at the first error (plumb closed).
+        let _ = timeout(Duration::from_secs(10), async {
+            while sent < TOTAL {
+                if wr.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+        })
+        .await;
+    });
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let read = timeout(Duration::from_secs(8), async {
+        let mut buf = vec![0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let took = t0.elapsed();
+    uploader.abort();
+    holder.abort();
+    assert!(
+        read.is_ok(),
+        "no answer within 8 s while the backend would not read the upload"
+    );
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 504 "),
+        "expected a 504, got {head:?}"
+    );
+    assert!(
+        head.contains("\r\nplumb-error: upstream_idle_timeout\r\n"),
+        "expected plumb-error upstream_idle_timeout: {head:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the answer came {took:?} after the upload started"
+    );
+    let l = log_line(&plumb, "unread-upload").await;
+    assert_eq!(l["cause"], "upstream_idle_timeout", "{l}");
+    assert!(
+        l["error"]
+            .as_str()
+            .is_some_and(|d| d.contains("took no bytes for 300ms")),
+        "{l}"
+    );
+}
+
+/// The client reads a response head and then stops reading a large body: its
+/// window shuts, hyper can write nothing more, and the backend's body is not
+/// polled (its idle timer does not run). The write towards the client is bounded
+/// by the pool's `timeouts.idle` (300 ms): the exchange ends, logged
+/// `client_idle_timeout` with the bytes that did get out, instead of holding the
+/// client and the backend connection for as long as the client likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_response_is_cut_after_idle() {
+    const BODY: usize = 128 << 20;
+    let o = origin(|_| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+        r.resize(r.len() + BODY, b'd');
+        vec![Step::Write(r)]
+    })
+    .await;
+    let plumb = Plumb::start(&http_config(&[o.addr], BODY_IDLE, "")).await;
+    let mut c = Client::connect(plumb.addr()).await;
+    c.send(b"GET /big HTTP/1.1\r\nHost: h\r\nplumb-request-id: unread-download\r\n\r\n")
+        .await;
+    let r = timeout(T, c.head()).await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    let t0 = Instant::now();
+    // The client reads nothing more; the exchange must end on its own.
+    let l = log_line(&plumb, "unread-download").await;
+    let took = t0.elapsed();
+    assert_eq!(l["cause"], "client_idle_timeout", "{l}");
+    assert!(
+        l["error"]
+            .as_str()
+            .is_some_and(|d| d.contains("took no bytes for 300ms")),
+        "{l}"
+    );
+    let out = l["bytes_to_client"].as_u64().unwrap_or(0);
+    assert!(out > 0 && out < BODY as u64, "{l}");
+    assert!(
+        took < Duration::from_secs(3),
+        "ended {took:?} after the head"
+    );
+    drop(c);
 }
