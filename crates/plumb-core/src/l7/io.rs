@@ -114,7 +114,7 @@ pub(crate) struct Watched<T> {
     blocked: StallTimer,
 }
 
-impl<T> Watched<T> {
+impl<T: Acked> Watched<T> {
     pub(crate) fn new(inner: T, watch: Arc<HeadWatch>) -> Watched<T> {
         Watched {
             inner,
@@ -136,7 +136,8 @@ impl<T> Watched<T> {
             Poll::Pending => {
                 let stall =
                     Duration::from_millis(self.watch.write_stall_ms.load(Ordering::Relaxed));
-                let r = self.blocked.poll(cx, stall);
+                let inner = &self.inner;
+                let r = self.blocked.poll(cx, stall, || inner.acked());
                 if r.is_ready() {
                     self.watch.write_stalled.store(true, Ordering::Release);
                 }
@@ -162,7 +163,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl<T: AsyncWrite + Acked + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -199,28 +200,82 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The timer of a write that could not go out: armed at the first such poll (not
-/// re-armed at each), dropped once a write goes out.
+/// re-armed at each), disarmed once a write goes out. When it runs out, the
+/// socket's acknowledged byte count (`TCP_INFO`) decides: a reader that took
+/// bytes meanwhile is slow, not stalled, and the timer starts over. (Linux
+/// reports a socket writable only once a third of its send buffer is free, so a
+/// slow reader can go a long time without a writable signal.)
 #[derive(Debug, Default)]
-struct StallTimer(Option<Pin<Box<Sleep>>>);
+struct StallTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    /// The peer's acknowledged bytes when the timer was (re)armed.
+    acked: Option<u64>,
+}
 
 impl StallTimer {
-    /// `Ready(Err(WriteStalled))` once the write has waited `stall`.
-    fn poll(&mut self, cx: &mut Context<'_>, stall: Duration) -> Poll<io::Result<usize>> {
-        let timer = self
-            .0
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        if timer.as_mut().poll(cx).is_ready() {
-            self.0 = None;
+    /// `Ready(Err(WriteStalled))` once the peer took no byte for `stall`.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        stall: Duration,
+        acked: impl Fn() -> Option<u64>,
+    ) -> Poll<io::Result<usize>> {
+        if !self.armed {
+            self.armed = true;
+            self.acked = acked();
+            let deadline = Instant::now() + stall;
+            match &mut self.sleep {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        loop {
+            let Some(timer) = self.sleep.as_mut() else {
+                return Poll::Pending;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now_acked = acked();
+            if now_acked.is_some() && now_acked != self.acked {
+                // Progress, just no writable signal yet: start over.
+                self.acked = now_acked;
+                timer.as_mut().reset(Instant::now() + stall);
+                continue;
+            }
+            self.armed = false;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 WriteStalled(stall),
             )));
         }
-        Poll::Pending
     }
 
     fn clear(&mut self) {
-        self.0 = None;
+        self.armed = false;
+    }
+}
+
+/// How many bytes the peer of a stream's socket has acknowledged, for the stall
+/// timer; `None` where that cannot be read.
+pub(crate) trait Acked {
+    fn acked(&self) -> Option<u64>;
+}
+
+impl Acked for SharedStream {
+    fn acked(&self) -> Option<u64> {
+        plumb_sys::tcp_info(&*self.socket)
+            .ok()
+            .map(|i| i.bytes_acked)
+    }
+}
+
+impl Acked for tokio_rustls::server::TlsStream<TcpStream> {
+    fn acked(&self) -> Option<u64> {
+        plumb_sys::tcp_info(self.get_ref().0)
+            .ok()
+            .map(|i| i.bytes_acked)
     }
 }
 
@@ -261,7 +316,12 @@ impl SharedStream {
     /// A write could not go out: pending until the stall bound (if any) runs out.
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         match self.stall {
-            Some(stall) => self.blocked.poll(cx, stall),
+            Some(stall) => {
+                let socket = &self.socket;
+                self.blocked.poll(cx, stall, || {
+                    plumb_sys::tcp_info(&**socket).ok().map(|i| i.bytes_acked)
+                })
+            }
             None => Poll::Pending,
         }
     }

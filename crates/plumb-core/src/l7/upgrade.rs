@@ -57,6 +57,11 @@ pub(super) async fn tunnel(
     conn.set_backend(Some(guard.backend().addr()));
     conn.set_state(ConnState::Established);
     let idle = pool.settings().timeouts.tunnel_idle;
+    // A WebSocket client may leave its messages unread for as long as a tunnel may
+    // be silent: its writes are bounded by `tunnel_idle` from here, not by `idle`.
+    if let Some(watch) = exchange.with(|s| s.client_watch.clone()) {
+        watch.set_write_stall(idle);
+    }
     let (mut cr, mut cw) = tokio::io::split(TokioIo::new(client));
     let (mut ur, mut uw) = tokio::io::split(TokioIo::new(upstream));
     let c2u = pump(&mut cr, &mut uw, Side::Client, conn);

@@ -491,3 +491,46 @@ async fn a_client_that_stops_reading_a_response_is_cut_after_idle() {
     );
     drop(c);
 }
+
+/// A client that reads a large response slowly but steadily (a small receive
+/// buffer, 4 kB every 50 ms) is slow, not stalled: the kernel may not report the
+/// socket writable for far longer than `timeouts.idle` (300 ms here), yet bytes
+/// are acknowledged all the time, and plumb must keep serving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_is_not_cut() {
+    const BODY: usize = 64 << 20;
+    let o = origin(|_| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+        r.resize(r.len() + BODY, b's');
+        vec![Step::Write(r)]
+    })
+    .await;
+    let plumb = Plumb::start(&http_config(&[o.addr], BODY_IDLE, "")).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = sock.connect(plumb.addr()).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: h\r\nplumb-request-id: slow-reader\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 4096];
+    // 40 rounds of 50 ms: two seconds, more than six times the bound.
+    for _ in 0..40 {
+        let n = timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("plumb stopped sending to a reader that was reading")
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "plumb closed a slow but steady reader after {got} bytes"
+        );
+        got += n;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !plumb.log().iter().any(|l| l["request_id"] == "slow-reader"),
+        "the exchange ended while the client was still reading: {:?}",
+        plumb.log()
+    );
+    drop(s);
+}
