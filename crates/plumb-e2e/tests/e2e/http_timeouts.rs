@@ -14,6 +14,7 @@ use crate::support::{eventually, Plumb};
 const HEADER_READ: &str = "[listener.timeouts]\nheader_read = \"300ms\"\n";
 const KEEPALIVE: &str = "[listener.timeouts]\nkeepalive_idle = \"300ms\"\n";
 const BODY_IDLE: &str = "[pool.timeouts]\nidle = \"300ms\"\n";
+const RESPONSE_HEADER: &str = "[pool.timeouts]\nresponse_header = \"300ms\"\n";
 
 /// A connection that never sends a byte is closed about `header_read` after it
 /// opened, without an answer (there is no request to answer); found by the
@@ -303,12 +304,7 @@ impl hyper::body::Body for Frames {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_body_complete_before_end_stream_starts_the_response_timer() {
     let o = origin(|_| vec![Step::Hang]).await;
-    let plumb = Plumb::start(&http_config(
-        &[o.addr],
-        "[pool.timeouts]\nresponse_header = \"300ms\"\n",
-        "",
-    ))
-    .await;
+    let plumb = Plumb::start(&http_config(&[o.addr], RESPONSE_HEADER, "")).await;
     let stream = tokio::net::TcpStream::connect(plumb.addr()).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Frames>(
         hyper_util::rt::TokioExecutor::new(),
@@ -460,12 +456,7 @@ async fn a_backend_that_stops_reading_an_upload_is_cut_after_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_response_is_cut_after_idle() {
     const BODY: usize = 128 << 20;
-    let o = origin(|_| {
-        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
-        r.resize(r.len() + BODY, b'd');
-        vec![Step::Write(r)]
-    })
-    .await;
+    let o = big_response_origin(BODY).await;
     let plumb = Plumb::start(&http_config(&[o.addr], BODY_IDLE, "")).await;
     let mut c = Client::connect(plumb.addr()).await;
     c.send(b"GET /big HTTP/1.1\r\nHost: h\r\nplumb-request-id: unread-download\r\n\r\n")
@@ -492,19 +483,23 @@ async fn a_client_that_stops_reading_a_response_is_cut_after_idle() {
     drop(c);
 }
 
+/// An origin answering every request with `len` bytes of body.
+async fn big_response_origin(len: usize) -> crate::http_basics::Origin {
+    origin(move |_| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        r.resize(r.len() + len, b'd');
+        vec![Step::Write(r)]
+    })
+    .await
+}
+
 /// A client that reads a large response slowly but steadily (a small receive
 /// buffer, 4 kB every 50 ms) is slow, not stalled: the kernel may not report the
 /// socket writable for far longer than `timeouts.idle` (300 ms here), yet bytes
 /// are acknowledged all the time, and plumb must keep serving it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_but_steady_reader_is_not_cut() {
-    const BODY: usize = 64 << 20;
-    let o = origin(|_| {
-        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
-        r.resize(r.len() + BODY, b's');
-        vec![Step::Write(r)]
-    })
-    .await;
+    let o = big_response_origin(64 << 20).await;
     let plumb = Plumb::start(&http_config(&[o.addr], BODY_IDLE, "")).await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(16 * 1024).unwrap();
