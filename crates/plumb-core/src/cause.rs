@@ -221,7 +221,7 @@ impl Cause {
     /// The cause of an I/O error on an established leg.
     pub fn of_io_error(e: &io::Error, side: Side) -> Cause {
         use io::ErrorKind as K;
-        if e.get_ref().is_some_and(|inner| inner.is::<WriteStalled>()) {
+        if WriteStalled::found_in(e) {
             // plumb's own bound on a write the peer would not take, not the kernel's.
             return match side {
                 Side::Client => Cause::ClientIdleTimeout,
@@ -259,6 +259,13 @@ impl fmt::Display for Cause {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the peer took no bytes for {}ms", .0.as_millis())]
 pub struct WriteStalled(pub std::time::Duration);
+
+impl WriteStalled {
+    /// Whether `e` is plumb's write-stall bound running out (not a kernel timeout).
+    pub fn found_in(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<WriteStalled>())
+    }
+}
 
 /// The two legs of a proxied connection: downstream (client) and upstream (backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -338,32 +338,26 @@ impl Pipe {
     /// Moves up to `len` bytes that have arrived on socket `src` into the pipe.
     /// `Ok(0)`: the peer sent FIN. `WouldBlock`: nothing to move now.
     pub fn fill(&self, src: &impl AsFd, len: usize) -> io::Result<usize> {
-        Ok(nix::fcntl::splice(
-            src.as_fd(),
-            None,
-            self.write.as_fd(),
-            None,
-            len,
-            splice_flags(),
-        )?)
+        splice(src.as_fd(), self.write.as_fd(), len)
     }
 
     /// Moves up to `len` bytes from the pipe into socket `dst`. `WouldBlock`: the
     /// socket's send buffer is full.
     pub fn drain(&self, dst: &impl AsFd, len: usize) -> io::Result<usize> {
-        Ok(nix::fcntl::splice(
-            self.read.as_fd(),
-            None,
-            dst.as_fd(),
-            None,
-            len,
-            splice_flags(),
-        )?)
+        splice(self.read.as_fd(), dst.as_fd(), len)
     }
 }
 
-fn splice_flags() -> nix::fcntl::SpliceFFlags {
-    nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK
+/// One non-blocking `splice(2)` of up to `len` bytes, without offsets (sockets and
+/// pipes have none).
+fn splice(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    let flags =
+        nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
+    Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
 
 #[cfg(test)]

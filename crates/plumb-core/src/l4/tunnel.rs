@@ -191,52 +191,54 @@ static SPLICED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 static PIPES_IN_USE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// A pipe lent to one chunk; counted in [`PIPES_IN_USE`] until returned or dropped.
-struct Lent(Option<plumb_sys::Pipe>);
+/// A pipe lent to one chunk, counted in [`PIPES_IN_USE`] until given back or
+/// dropped (a pipe dropped may hold bytes: it is closed with them).
+struct Lent {
+    pipe: plumb_sys::Pipe,
+    _count: InUse,
+}
 
-impl Lent {
-    fn take() -> Option<Lent> {
+/// One unit of [`PIPES_IN_USE`], released when dropped.
+struct InUse;
+
+impl InUse {
+    fn take() -> Option<InUse> {
         if PIPES_IN_USE.fetch_add(1, Ordering::AcqRel) >= PIPES_IN_USE_MAX {
             PIPES_IN_USE.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        Some(InUse)
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        PIPES_IN_USE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Lent {
+    fn take() -> Option<Lent> {
+        let count = InUse::take()?;
         let spare = SPARE_PIPES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        match spare.or_else(|| plumb_sys::Pipe::new().ok()) {
-            Some(p) => Some(Lent(Some(p))),
-            None => {
-                PIPES_IN_USE.fetch_sub(1, Ordering::AcqRel);
-                None
-            }
-        }
-    }
-
-    fn pipe(&self) -> &plumb_sys::Pipe {
-        // Some until `give_back` or drop.
-        self.0
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("a lent pipe is present"))
+        let pipe = spare.or_else(|| plumb_sys::Pipe::new().ok())?;
+        Some(Lent {
+            pipe,
+            _count: count,
+        })
     }
 
     /// Only an empty pipe goes back to the stock.
-    fn give_back(mut self) {
-        if let Some(p) = self.0.take() {
-            let mut spare = SPARE_PIPES
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if spare.len() < SPARE_PIPES_MAX {
-                spare.push(p);
-            }
+    fn give_back(self) {
+        let mut spare = SPARE_PIPES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spare.len() < SPARE_PIPES_MAX {
+            spare.push(self.pipe);
         }
-    }
-}
-
-impl Drop for Lent {
-    /// A pipe dropped here (not given back) may hold bytes: it is closed with them.
-    fn drop(&mut self) {
-        PIPES_IN_USE.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -257,12 +259,8 @@ async fn splice_pump(
         }
         // No pipe is held while the destination has no room: a stalled reader
         // costs no descriptors.
-        tokio::select! {
-            biased;
-            r = dst.writable() => if let Err(e) = r {
-                return Ok(PumpEnd::WriteFailed(e));
-            },
-            e = socket_error(src) => return Ok(PumpEnd::ReadFailed(e)),
+        if let Err(end) = room(src, dst).await {
+            return Ok(end);
         }
         let Some(lent) = Lent::take() else {
             if spliced {
@@ -272,7 +270,7 @@ async fn splice_pump(
             return Err(NoSplice);
         };
         let n = match src.try_io(Interest::READABLE, || {
-            lent.pipe().fill(src, plumb_sys::PIPE_CAPACITY)
+            lent.pipe.fill(src, plumb_sys::PIPE_CAPACITY)
         }) {
             Ok(0) => {
                 lent.give_back();
@@ -304,14 +302,10 @@ async fn splice_pump(
         pending.store(true, Ordering::Relaxed);
         let mut left = n;
         while left > 0 {
-            tokio::select! {
-                biased;
-                r = dst.writable() => if let Err(e) = r {
-                    return Ok(PumpEnd::WriteFailed(e));
-                },
-                e = socket_error(src) => return Ok(PumpEnd::ReadFailed(e)),
+            if let Err(end) = room(src, dst).await {
+                return Ok(end);
             }
-            match dst.try_io(Interest::WRITABLE, || lent.pipe().drain(dst, left)) {
+            match dst.try_io(Interest::WRITABLE, || lent.pipe.drain(dst, left)) {
                 Ok(0) => return Ok(PumpEnd::WriteFailed(io::ErrorKind::WriteZero.into())),
                 Ok(k) => {
                     left -= k;
@@ -329,6 +323,17 @@ async fn splice_pump(
         }
         lent.give_back();
         pending.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Waits for room in the destination, but gives up at once if the source fails
+/// meanwhile: its RST must reach the other side now, not whenever the destination
+/// reads again.
+async fn room(src: &TcpStream, dst: &TcpStream) -> Result<(), PumpEnd> {
+    tokio::select! {
+        biased;
+        r = dst.writable() => r.map_err(PumpEnd::WriteFailed),
+        e = socket_error(src) => Err(PumpEnd::ReadFailed(e)),
     }
 }
 
@@ -362,15 +367,8 @@ async fn copy_pump(
         pending.store(true, Ordering::Relaxed);
         let mut off = 0;
         while off < n {
-            // Wait for room in the destination, but give up at once if the source
-            // fails meanwhile: its RST must reach the other side now, not whenever
-            // the destination reads again.
-            tokio::select! {
-                biased;
-                r = dst.writable() => if let Err(e) = r {
-                    return PumpEnd::WriteFailed(e);
-                },
-                e = socket_error(src) => return PumpEnd::ReadFailed(e),
+            if let Err(end) = room(src, dst).await {
+                return end;
             }
             match dst.try_write(&buf[off..n]) {
                 Ok(0) => return PumpEnd::WriteFailed(io::ErrorKind::WriteZero.into()),

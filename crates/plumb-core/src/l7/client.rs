@@ -210,10 +210,7 @@ pub(crate) async fn send(
 /// The cause of an upstream hyper error, found by walking `source()`.
 pub(crate) fn cause_of(e: &hyper::Error) -> Cause {
     if let Some(io) = find_io(e) {
-        if io
-            .get_ref()
-            .is_some_and(|inner| inner.is::<crate::cause::WriteStalled>())
-        {
+        if crate::cause::WriteStalled::found_in(io) {
             // The backend stopped taking the request (its window stayed shut).
             return Cause::UpstreamIdleTimeout;
         }

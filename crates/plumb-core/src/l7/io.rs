@@ -265,18 +265,18 @@ pub(crate) trait Acked {
 
 impl Acked for SharedStream {
     fn acked(&self) -> Option<u64> {
-        plumb_sys::tcp_info(&*self.socket)
-            .ok()
-            .map(|i| i.bytes_acked)
+        acked_by_peer(&self.socket)
     }
 }
 
 impl Acked for tokio_rustls::server::TlsStream<TcpStream> {
     fn acked(&self) -> Option<u64> {
-        plumb_sys::tcp_info(self.get_ref().0)
-            .ok()
-            .map(|i| i.bytes_acked)
+        acked_by_peer(self.get_ref().0)
     }
+}
+
+fn acked_by_peer(socket: &TcpStream) -> Option<u64> {
+    plumb_sys::tcp_info(socket).ok().map(|i| i.bytes_acked)
 }
 
 /// A socket shared between hyper (which drives it) and plumb (which reads its
@@ -318,9 +318,7 @@ impl SharedStream {
         match self.stall {
             Some(stall) => {
                 let socket = &self.socket;
-                self.blocked.poll(cx, stall, || {
-                    plumb_sys::tcp_info(&**socket).ok().map(|i| i.bytes_acked)
-                })
+                self.blocked.poll(cx, stall, || acked_by_peer(socket))
             }
             None => Poll::Pending,
         }

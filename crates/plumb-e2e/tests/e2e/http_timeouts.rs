@@ -438,13 +438,7 @@ async fn a_backend_that_stops_reading_an_upload_is_cut_after_idle() {
         "the answer came {took:?} after the upload started"
     );
     let l = log_line(&plumb, "unread-upload").await;
-    assert_eq!(l["cause"], "upstream_idle_timeout", "{l}");
-    assert!(
-        l["error"]
-            .as_str()
-            .is_some_and(|d| d.contains("took no bytes for 300ms")),
-        "{l}"
-    );
+    assert_stalled(&l, "upstream_idle_timeout");
 }
 
 /// The client reads a response head and then stops reading a large body: its
@@ -467,13 +461,7 @@ async fn a_client_that_stops_reading_a_response_is_cut_after_idle() {
     // The client reads nothing more; the exchange must end on its own.
     let l = log_line(&plumb, "unread-download").await;
     let took = t0.elapsed();
-    assert_eq!(l["cause"], "client_idle_timeout", "{l}");
-    assert!(
-        l["error"]
-            .as_str()
-            .is_some_and(|d| d.contains("took no bytes for 300ms")),
-        "{l}"
-    );
+    assert_stalled(&l, "client_idle_timeout");
     let out = l["bytes_to_client"].as_u64().unwrap_or(0);
     assert!(out > 0 && out < BODY as u64, "{l}");
     assert!(
@@ -481,6 +469,17 @@ async fn a_client_that_stops_reading_a_response_is_cut_after_idle() {
         "ended {took:?} after the head"
     );
     drop(c);
+}
+
+/// The log line of an exchange ended by the 300 ms write-stall bound.
+fn assert_stalled(l: &Value, cause: &str) {
+    assert_eq!(l["cause"], cause, "{l}");
+    assert!(
+        l["error"]
+            .as_str()
+            .is_some_and(|d| d.contains("took no bytes for 300ms")),
+        "{l}"
+    );
 }
 
 /// An origin answering every request with `len` bytes of body.
