@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use atomic_waker::AtomicWaker;
 use tokio::time::Instant;
 
 use crate::cause::{Cause, Side};
@@ -73,7 +74,14 @@ pub struct Conn {
     last_activity_ms: AtomicU64,
     /// Which side sent the last byte: 0 nobody, 1 client, 2 upstream.
     last_sender: AtomicU8,
-    orders: watch::Sender<Option<CloseOrder>>,
+    /// The order to close, once given; the connection's task looks when woken.
+    order: Mutex<Option<CloseOrder>>,
+    /// The connection's task, woken by an order or a nudge. One task serves a
+    /// connection, so one waker is enough (a channel would be 200 bytes more for
+    /// every idle connection).
+    waker: AtomicWaker,
+    /// An HTTP connection's first byte: 0 awaited, 1 arrived, 2 awaited too long.
+    first_byte: AtomicU8,
     /// The two sockets, once connected, for reading `TCP_INFO` from outside the task.
     legs: Mutex<Legs>,
 }
@@ -153,7 +161,56 @@ impl Conn {
 
     /// Tells the connection's task to close both legs.
     pub fn close(&self, order: CloseOrder) {
-        self.orders.send_replace(Some(order));
+        *self.order.lock().unwrap_or_else(|p| p.into_inner()) = Some(order);
+        self.waker.wake();
+    }
+
+    /// Wakes the connection's task to look at something it does not wait on by
+    /// itself (plumb starting to drain).
+    pub(crate) fn nudge(&self) {
+        self.waker.wake();
+    }
+
+    /// The order to close, if one was given.
+    pub(crate) fn order(&self) -> Option<CloseOrder> {
+        *self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ready with the order to close once one is given; registers the task to be
+    /// woken by an order or a nudge. Only the connection's own task may poll this.
+    pub(crate) fn poll_order(&self, cx: &mut Context<'_>) -> Poll<CloseOrder> {
+        self.waker.register(cx.waker());
+        match self.order() {
+            Some(o) => Poll::Ready(o),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The first byte arrived: the first-byte deadline no longer concerns it.
+    pub(crate) fn spoke(&self) {
+        self.first_byte.store(1, Ordering::Relaxed);
+    }
+
+    /// The first-byte deadline passed: wakes the task to close the connection, unless
+    /// the first byte came.
+    pub(crate) fn silence_expired(&self) {
+        if self
+            .first_byte
+            .compare_exchange(0, 2, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    /// Whether the first-byte deadline passed with nothing received.
+    pub(crate) fn silent_too_long(&self) -> bool {
+        self.first_byte.load(Ordering::Acquire) == 2
+    }
+
+    /// Waits for an order to close.
+    pub(crate) async fn ordered(&self) -> CloseOrder {
+        std::future::poll_fn(|cx| self.poll_order(cx)).await
     }
 
     pub(crate) fn set_state(&self, s: ConnState) {
@@ -230,16 +287,15 @@ impl Drop for Registration {
 }
 
 impl ConnTable {
-    /// Adds a connection; it leaves the table when the registration is dropped. The
-    /// receiver delivers close orders.
+    /// Adds a connection; it leaves the table when the registration is dropped.
+    /// Close orders reach it through [`Conn::ordered`].
     pub fn register(
         self: &Arc<Self>,
         listener: Arc<str>,
         pool: Arc<str>,
         client: SocketAddr,
-    ) -> (Registration, watch::Receiver<Option<CloseOrder>>) {
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (orders, rx) = watch::channel(None);
         let conn = Arc::new(Conn {
             id,
             listener,
@@ -252,15 +308,16 @@ impl ConnTable {
             state: AtomicU8::new(0),
             last_activity_ms: AtomicU64::new(0),
             last_sender: AtomicU8::new(0),
-            orders,
+            order: Mutex::new(None),
+            first_byte: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
             legs: Mutex::new(Legs::default()),
         });
         self.lock().insert(id, Arc::clone(&conn));
-        let reg = Registration {
+        Registration {
             table: Arc::clone(self),
             conn,
-        };
-        (reg, rx)
+        }
     }
 
     /// A copy of the current entries, oldest first.
@@ -268,6 +325,11 @@ impl ConnTable {
         let mut v: Vec<Arc<Conn>> = self.lock().values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
+    }
+
+    /// The live connection with this id.
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<Conn>> {
+        self.lock().get(&id).cloned()
     }
 
     /// Connections registered since the table was made (open or closed).
@@ -285,6 +347,13 @@ impl ConnTable {
         self.len() == 0
     }
 
+    /// Wakes every connection's task to look at plumb's state (see [`Conn::nudge`]).
+    pub(crate) fn nudge_all(&self) {
+        for c in self.snapshot() {
+            c.nudge();
+        }
+    }
+
     /// Orders every connection to close.
     pub fn close_all(&self, order: CloseOrder) -> usize {
         let conns = self.snapshot();
@@ -296,5 +365,104 @@ impl ConnTable {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake};
+
+    use super::*;
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Wakes(AtomicU64);
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn entry() -> (Registration, Arc<Wakes>) {
+        let table = Arc::new(ConnTable::default());
+        let reg = table.register(
+            Arc::from("l"),
+            Arc::from("p"),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        (reg, Arc::new(Wakes::default()))
+    }
+
+    const ORDER: CloseOrder = CloseOrder {
+        cause: Cause::Shutdown,
+        how: CloseHow::Reset,
+    };
+
+    #[test]
+    fn an_order_wakes_the_waiting_task_and_is_seen_by_it() {
+        let (reg, wakes) = entry();
+        let waker = Arc::clone(&wakes).into();
+        let mut cx = Context::from_waker(&waker);
+        let mut waiting = Box::pin(reg.conn().ordered());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+        reg.conn().close(ORDER);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(ORDER));
+        // An order given before anyone waits is there at the first look.
+        let (reg, _) = entry();
+        reg.conn().close(ORDER);
+        assert_eq!(
+            Box::pin(reg.conn().ordered()).as_mut().poll(&mut cx),
+            Poll::Ready(ORDER)
+        );
+    }
+
+    #[test]
+    fn a_nudge_wakes_without_an_order() {
+        let (reg, wakes) = entry();
+        let waker = Arc::clone(&wakes).into();
+        let mut cx = Context::from_waker(&waker);
+        assert!(reg.conn().poll_order(&mut cx).is_pending());
+        reg.table.nudge_all();
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        assert!(reg.conn().poll_order(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn the_first_byte_deadline_concerns_only_a_silent_connection() {
+        let (reg, wakes) = entry();
+        let waker = Arc::clone(&wakes).into();
+        let mut cx = Context::from_waker(&waker);
+        assert!(reg.conn().poll_order(&mut cx).is_pending());
+        reg.conn().silence_expired();
+        assert!(reg.conn().silent_too_long());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+
+        let (reg, wakes) = entry();
+        let waker = Arc::clone(&wakes).into();
+        let mut cx = Context::from_waker(&waker);
+        assert!(reg.conn().poll_order(&mut cx).is_pending());
+        reg.conn().spoke();
+        reg.conn().silence_expired();
+        assert!(!reg.conn().silent_too_long());
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            0,
+            "a connection that spoke was woken"
+        );
+    }
+
+    #[test]
+    fn a_registration_leaves_the_table_when_dropped() {
+        let (reg, _) = entry();
+        let table = Arc::clone(&reg.table);
+        let id = reg.conn().id();
+        assert!(table.get(id).is_some());
+        drop(reg);
+        assert!(table.get(id).is_none());
+        assert!(table.is_empty());
     }
 }

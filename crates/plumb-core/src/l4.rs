@@ -16,13 +16,12 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::accesslog::{Attempt, End, Record};
 use crate::cause::{Cause, Side};
-use crate::conntable::{CloseHow, CloseOrder, Conn, ConnState};
+use crate::conntable::{CloseHow, Conn, ConnState};
 use crate::listener::ListenerCtx;
 use crate::pool::ActiveGuard;
 use crate::proxy_protocol::{self, ProxyHeaderError};
@@ -52,10 +51,10 @@ pub(crate) async fn serve(
         backend.addr = tracing::field::Empty,
     );
     async move {
-        let (reg, mut orders) =
-            ctx.shared
-                .conns
-                .register(Arc::clone(&ctx.name), Arc::clone(pool.name()), peer);
+        let reg = ctx
+            .shared
+            .conns
+            .register(Arc::clone(&ctx.name), Arc::clone(pool.name()), peer);
         let mut record = Finish {
             client_addr: peer,
             backend: None,
@@ -104,14 +103,13 @@ pub(crate) async fn serve(
         }
 
         // 2. A backend.
-        let upstream =
-            match connect_with_retries(&ctx, &client, reg.conn(), &mut record, &mut orders).await {
-                Some(u) => u,
-                None => {
-                    sockopt::arm_reset(&client);
-                    return finish(&ctx, &reg, record, started);
-                }
-            };
+        let upstream = match connect_with_retries(&ctx, &client, reg.conn(), &mut record).await {
+            Some(u) => u,
+            None => {
+                sockopt::arm_reset(&client);
+                return finish(&ctx, &reg, record, started);
+            }
+        };
         let (mut upstream, active) = upstream;
         let conn = reg.conn();
         tracing::Span::current().record(
@@ -141,7 +139,6 @@ pub(crate) async fn serve(
             &upstream,
             conn,
             pool.settings().timeouts.tunnel_idle,
-            &mut orders,
         )
         .await;
         // What the kernel knows of both legs, read before they close.
@@ -217,7 +214,6 @@ async fn connect_with_retries(
     client: &TcpStream,
     conn: &Conn,
     record: &mut Finish,
-    orders: &mut watch::Receiver<Option<CloseOrder>>,
 ) -> Option<(TcpStream, ActiveGuard)> {
     let Some(pool) = &ctx.pool else {
         record.end = End::Failed(Cause::NoHealthyBackend);
@@ -254,7 +250,7 @@ async fn connect_with_retries(
         let attempt = upstream::connect(addr, &settings.tcp, settings.timeouts.connect);
         let result = tokio::select! {
             r = attempt => r,
-            order = wait_order(orders) => {
+            order = conn.ordered() => {
                 record.end = End::Failed(order.cause);
                 return None;
             }
@@ -291,19 +287,6 @@ async fn connect_with_retries(
     }
     record.end = End::Failed(last_cause);
     None
-}
-
-/// Resolves when a close order arrives.
-async fn wait_order(orders: &mut watch::Receiver<Option<CloseOrder>>) -> CloseOrder {
-    loop {
-        if let Some(order) = *orders.borrow_and_update() {
-            return order;
-        }
-        if orders.changed().await.is_err() {
-            // The sender lives in the table entry the task holds: unreachable.
-            return std::future::pending().await;
-        }
-    }
 }
 
 fn finish(ctx: &ListenerCtx, reg: &crate::conntable::Registration, f: Finish, started: Instant) {

@@ -92,79 +92,159 @@ impl HttpConn {
     }
 }
 
-/// Serves one client connection until it ends, its keep-alive idle time passes, or
-/// plumb shuts down (graceful: GOAWAY for HTTP/2, `Connection: close` for HTTP/1.1).
+/// One client connection's task: serves it until it ends, its keep-alive idle time
+/// passes, or plumb shuts down (graceful: GOAWAY for HTTP/2, `Connection: close`
+/// for HTTP/1.1).
 ///
 /// Until a plain connection's first byte arrives, only this small future exists for
-/// it: hyper's connection (its read buffer, its state machine) is made, boxed, once
-/// there is something to read. A connection that sends nothing within `header_read`
-/// is closed here, as `run_connection` closes one later.
-pub(crate) async fn serve(ctx: Arc<ListenerCtx>, stream: TcpStream, peer: SocketAddr) {
-    let started = Instant::now();
-    let (reg, mut orders) =
-        ctx.shared
-            .conns
-            .register(Arc::clone(&ctx.name), Arc::from(ctx.pool_name()), peer);
-    reg.conn()
-        .set_state(crate::conntable::ConnState::Established);
-    if ctx.tls.is_none() {
-        // Silent since accept: closed after header_read, or sooner after the
-        // keep-alive idle time, as any connection with nothing in flight is.
-        let quiet = tokio::time::sleep(ctx.settings.header_read.min(ctx.settings.keepalive_idle));
-        tokio::pin!(quiet);
-        let go_on = loop {
-            tokio::select! {
-                // A first byte that arrives with the deadline is served.
-                biased;
-                r = stream.readable() => {
-                    // tokio may report a socket readable that is not (a fresh one
-                    // often is): look without reading, and if nothing is there,
-                    // let tokio forget the readiness and wait on. Data, an end of
-                    // stream or an error is hyper's to read and report.
-                    let look = stream.try_io(tokio::io::Interest::READABLE, || plumb_sys::peek_now(&stream));
-                    match (r, look) {
-                        (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        _ => break true,
-                    }
-                }
-                () = quiet.as_mut() => {
-                    tracing::debug!(listener = %ctx.name, client.addr = %peer, "closing a connection that sent nothing (header_read or keepalive_idle)");
-                    crate::sockopt::send_fin(&stream);
-                    break false;
-                }
-                () = ctx.shared.draining.cancelled() => break false,
-                Ok(()) = orders.changed() => {
-                    if orders.borrow_and_update().is_some() {
-                        break false;
-                    }
-                }
-            }
+/// it (with its connection-table entry and tokio's registration of the socket, the
+/// whole cost of an idle connection; its deadline is an entry in the accept loop's
+/// [`FirstByteDeadlines`](crate::listener)): hyper's connection (its read buffer,
+/// its state machine) is made, boxed, once there is something to read. Written by
+/// hand: an `async fn` would keep its arguments twice and be twice the size.
+pub(crate) struct Serve {
+    phase: Phase,
+    /// The connection's slot under `max_connections`, held until the task ends.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+enum Phase {
+    FirstByte {
+        ctx: Arc<ListenerCtx>,
+        stream: TcpStream,
+        reg: crate::conntable::Registration,
+    },
+    Served(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+    Done,
+}
+
+impl Serve {
+    /// A plain listener's connection waits for its first byte until the accept loop's
+    /// deadline (see `Conn::silence_expired`); a TLS one goes straight to its
+    /// handshake, bounded by `header_read` there.
+    pub(crate) fn new(
+        ctx: Arc<ListenerCtx>,
+        stream: TcpStream,
+        reg: crate::conntable::Registration,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Serve {
+        reg.conn()
+            .set_state(crate::conntable::ConnState::Established);
+        let phase = if ctx.tls.is_none() {
+            Phase::FirstByte { ctx, stream, reg }
+        } else {
+            Phase::Served(served(ctx, stream, reg))
         };
-        if !go_on {
-            ctx.metrics.closed(
-                &ctx.shared.metrics,
-                &ctx.name,
-                ctx.pool_name(),
-                None,
-                started.elapsed(),
-            );
-            return;
+        Serve {
+            phase,
+            _permit: permit,
         }
     }
-    let span =
-        tracing::debug_span!("conn", listener = %ctx.name, client.addr = %peer, protocol = "http");
-    let served = serve_in_span(ctx, stream, peer, reg, orders, started);
-    tracing::Instrument::instrument(Box::pin(served), span).await;
+}
+
+impl std::future::Future for Serve {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Phase::FirstByte { ctx, stream, reg } = &this.phase {
+            let Poll::Ready(go_on) = poll_first_byte(cx, ctx, stream, reg.conn()) else {
+                return Poll::Pending;
+            };
+            let Phase::FirstByte { ctx, stream, reg } =
+                std::mem::replace(&mut this.phase, Phase::Done)
+            else {
+                return Poll::Ready(());
+            };
+            if !go_on {
+                ctx.metrics.closed(
+                    &ctx.shared.metrics,
+                    &ctx.name,
+                    ctx.pool_name(),
+                    None,
+                    reg.conn().age(),
+                );
+                return Poll::Ready(());
+            }
+            this.phase = Phase::Served(served(ctx, stream, reg));
+        }
+        match &mut this.phase {
+            Phase::Served(f) => {
+                std::task::ready!(f.as_mut().poll(cx));
+                this.phase = Phase::Done;
+                Poll::Ready(())
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+}
+
+/// Ready(true) once a plain connection has a first byte to read (or an end of stream
+/// or an error, which are hyper's to read and report); Ready(false) once it is to be
+/// closed unserved: silent since accept for `header_read` (or the keep-alive idle
+/// time, if shorter, as any connection with nothing in flight), plumb draining, or an
+/// order to close.
+fn poll_first_byte(
+    cx: &mut std::task::Context<'_>,
+    ctx: &ListenerCtx,
+    stream: &TcpStream,
+    conn: &crate::conntable::Conn,
+) -> std::task::Poll<bool> {
+    use std::task::Poll;
+    // A first byte that arrives with the deadline is served.
+    while let Poll::Ready(r) = stream.poll_read_ready(cx) {
+        // tokio may report a socket readable that is not (a fresh one often is):
+        // look without reading, and if nothing is there, let tokio forget the
+        // readiness and wait on.
+        let look = stream.try_io(tokio::io::Interest::READABLE, || {
+            plumb_sys::peek_now(stream)
+        });
+        match (r, look) {
+            (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            _ => {
+                conn.spoke();
+                return Poll::Ready(true);
+            }
+        }
+    }
+    // Registers the task for the deadline, an order, and the nudge that comes with
+    // draining.
+    let ordered = conn.poll_order(cx).is_ready();
+    if conn.silent_too_long() {
+        tracing::debug!(listener = %ctx.name, client.addr = %conn.client(), "closing a connection that sent nothing (header_read or keepalive_idle)");
+        crate::sockopt::send_fin(stream);
+        return Poll::Ready(false);
+    }
+    if ordered || ctx.shared.draining.is_cancelled() {
+        return Poll::Ready(false);
+    }
+    Poll::Pending
+}
+
+/// The rest of a connection's life, boxed: an idle connection's task stays as small
+/// as its wait for the first byte.
+fn served(
+    ctx: Arc<ListenerCtx>,
+    stream: TcpStream,
+    reg: crate::conntable::Registration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let span = tracing::debug_span!("conn", listener = %ctx.name, client.addr = %reg.conn().client(), protocol = "http");
+    Box::pin(tracing::Instrument::instrument(
+        serve_in_span(ctx, stream, reg),
+        span,
+    ))
 }
 
 async fn serve_in_span(
     ctx: Arc<ListenerCtx>,
     stream: TcpStream,
-    peer: SocketAddr,
     reg: crate::conntable::Registration,
-    orders: tokio::sync::watch::Receiver<Option<crate::conntable::CloseOrder>>,
-    started: Instant,
 ) {
+    let peer = reg.conn().client();
     let mut failed: Option<Cause> = None;
     // Writes to the client are bounded by the routed pool's `timeouts.idle`; until
     // a request is routed, by the default pool's (plumb's own answers only).
@@ -192,7 +272,6 @@ async fn serve_in_span(
                 Some(&stream),
                 watch,
                 "http",
-                orders,
                 reg.conn(),
             )
             .await;
@@ -218,17 +297,7 @@ async fn serve_in_span(
             {
                 Ok(Ok(tls_stream)) => {
                     let watched = io::Watched::new(tls_stream, Arc::clone(&watch));
-                    run_connection(
-                        &ctx,
-                        watched,
-                        peer,
-                        None,
-                        watch,
-                        "https",
-                        orders,
-                        reg.conn(),
-                    )
-                    .await;
+                    run_connection(&ctx, watched, peer, None, watch, "https", reg.conn()).await;
                 }
                 Ok(Err(e)) => {
                     failed = Some(Cause::ClientTlsError);
@@ -246,7 +315,7 @@ async fn serve_in_span(
         &ctx.name,
         ctx.pool_name(),
         failed,
-        started.elapsed(),
+        reg.conn().age(),
     );
     drop(reg);
 }
@@ -262,7 +331,6 @@ async fn run_connection<I>(
     plain: Option<&Arc<TcpStream>>,
     watch: Arc<io::HeadWatch>,
     proto: &'static str,
-    mut orders: tokio::sync::watch::Receiver<Option<crate::conntable::CloseOrder>>,
     table: &Arc<crate::conntable::Conn>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -374,12 +442,10 @@ async fn run_connection<I>(
                     served.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                Ok(()) = orders.changed() => {
-                    if orders.borrow_and_update().is_some() {
-                        // Forced close (shutdown grace over): drop the connection.
-                        forced = true;
-                        break;
-                    }
+                _ = table.ordered() => {
+                    // Forced close (shutdown grace over): drop the connection.
+                    forced = true;
+                    break;
                 }
             }
         }
@@ -389,11 +455,7 @@ async fn run_connection<I>(
     while !forced && conn.in_flight.load(Ordering::Acquire) > 0 {
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-            Ok(()) = orders.changed() => {
-                if orders.borrow_and_update().is_some() {
-                    break;
-                }
-            }
+            _ = table.ordered() => break,
         }
     }
 }

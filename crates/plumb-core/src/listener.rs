@@ -5,8 +5,8 @@
 //! kernel's queue, where the client would only see a silent SYN timeout), and accept
 //! errors such as `EMFILE` back off and retry instead of ending the loop.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use plumb_config::model;
@@ -243,10 +244,21 @@ pub(crate) async fn accept_loop(
     let local = listener.local_addr().ok();
     let mut backoff = Duration::from_millis(5);
     let mut ctx = slot.current();
+    let mut deadlines = FirstByteDeadlines::default();
+    // Armed for the earliest deadline whenever there is one.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     loop {
         let accepted = tokio::select! {
             biased;
             () = stop.cancelled() => break,
+            () = timer.as_mut(), if deadlines.next().is_some() => {
+                deadlines.expire(&ctx.shared.conns, Instant::now());
+                if let Some(at) = deadlines.next() {
+                    timer.as_mut().reset(at);
+                }
+                continue;
+            }
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -282,10 +294,22 @@ pub(crate) async fn accept_loop(
         // Two task types, each as large as its own future: an idle HTTP connection
         // does not carry the size of a TCP tunnel's state.
         if task_ctx.settings.protocol == plumb_config::model::Protocol::Http {
-            ctx.shared.tasks.spawn(async move {
-                crate::l7::serve(task_ctx, stream, peer).await;
-                drop(permit);
-            });
+            let pool = ctx
+                .pool
+                .as_ref()
+                .map_or_else(|| Arc::from(""), |p| Arc::clone(p.name()));
+            let reg = ctx.shared.conns.register(Arc::clone(&ctx.name), pool, peer);
+            if ctx.tls.is_none() {
+                let quiet = ctx.settings.header_read.min(ctx.settings.keepalive_idle);
+                let at = Instant::now() + quiet;
+                if deadlines.next().is_none_or(|next| at < next) {
+                    timer.as_mut().reset(at);
+                }
+                deadlines.push(at, reg.conn().id());
+            }
+            ctx.shared
+                .tasks
+                .spawn(crate::l7::Serve::new(task_ctx, stream, reg, permit));
         } else {
             let local = stream.local_addr().ok().or(local).unwrap_or(peer);
             ctx.shared.tasks.spawn(async move {
@@ -295,6 +319,49 @@ pub(crate) async fn accept_loop(
         }
     }
     tracing::debug!(listener = %ctx.name, "accept loop stopped");
+    // The connections still waiting for a first byte keep their deadlines (a
+    // listener removed by a reload); at shutdown, draining closes them instead.
+    while let Some(at) = deadlines.next() {
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => deadlines.expire(&ctx.shared.conns, Instant::now()),
+            () = ctx.shared.draining.cancelled() => break,
+        }
+    }
+}
+
+/// When each plain HTTP connection accepted by one accept loop must have sent its
+/// first byte (`header_read`, or the keep-alive idle time if shorter), earliest
+/// first. One 24-byte entry per waiting connection, looked at by the accept loop,
+/// instead of a timer in every connection's task (a timer is 112 bytes and makes
+/// the task a size class larger): idle connections are what a flood is made of.
+#[derive(Debug, Default)]
+struct FirstByteDeadlines(BinaryHeap<Reverse<(Instant, u64)>>);
+
+impl FirstByteDeadlines {
+    fn push(&mut self, at: Instant, conn_id: u64) {
+        self.0.push(Reverse((at, conn_id)));
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.0.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Tells each connection whose deadline is past, if it is still open.
+    fn expire(&mut self, table: &crate::conntable::ConnTable, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.0.peek() {
+            if at > now {
+                break;
+            }
+            self.0.pop();
+            if let Some(conn) = table.get(id) {
+                conn.silence_expired();
+            }
+        }
+        // After a burst, give the memory back.
+        if self.0.capacity() > 1024 && self.0.len() < self.0.capacity() / 4 {
+            self.0.shrink_to(self.0.len() * 2);
+        }
+    }
 }
 
 /// Errors that concern only the connection being accepted (it died in the queue).
@@ -351,4 +418,56 @@ fn refuse(ctx: &ListenerCtx, stream: tokio::net::TcpStream, peer: SocketAddr) {
         client_tcp: None,
         upstream_tcp: None,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntable::ConnTable;
+
+    #[test]
+    fn first_byte_deadlines_expire_in_time_order_and_skip_closed_connections() {
+        let table = Arc::new(ConnTable::default());
+        let reg = |port: u16| {
+            table.register(
+                Arc::from("l"),
+                Arc::from("p"),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+        };
+        let (a, b, c) = (reg(1), reg(2), reg(3));
+        let closed = reg(4);
+        let t0 = Instant::now();
+        let mut d = FirstByteDeadlines::default();
+        // Pushed out of order, as after a reload that shortens header_read.
+        d.push(t0 + Duration::from_millis(300), c.conn().id());
+        d.push(t0 + Duration::from_millis(100), a.conn().id());
+        d.push(t0 + Duration::from_millis(150), closed.conn().id());
+        d.push(t0 + Duration::from_millis(200), b.conn().id());
+        drop(closed);
+        assert_eq!(d.next(), Some(t0 + Duration::from_millis(100)));
+
+        d.expire(&table, t0 + Duration::from_millis(200));
+        assert!(a.conn().silent_too_long());
+        assert!(b.conn().silent_too_long(), "a deadline equal to now is due");
+        assert!(!c.conn().silent_too_long());
+        assert_eq!(d.next(), Some(t0 + Duration::from_millis(300)));
+
+        d.expire(&table, t0 + Duration::from_millis(300));
+        assert!(c.conn().silent_too_long());
+        assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn first_byte_deadlines_give_memory_back_after_a_burst() {
+        let table = ConnTable::default();
+        let t0 = Instant::now();
+        let mut d = FirstByteDeadlines::default();
+        for id in 0..10_000 {
+            d.push(t0 + Duration::from_millis(id), id);
+        }
+        d.expire(&table, t0 + Duration::from_millis(9_899));
+        assert_eq!(d.0.len(), 100);
+        assert!(d.0.capacity() < 1_000, "capacity {}", d.0.capacity());
+    }
 }

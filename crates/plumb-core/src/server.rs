@@ -338,6 +338,9 @@ impl Server {
         );
         self.stop.cancel();
         self.shared.draining.cancel();
+        // Connections still waiting for their first byte wait on no token: wake
+        // them to see it.
+        self.shared.conns.nudge_all();
         for pool in read(&self.pools).values() {
             pool.stop();
         }

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::cause::{Cause, Side};
 use crate::conntable::{CloseOrder, Conn, ConnState};
@@ -80,7 +79,6 @@ pub(crate) async fn run(
     upstream: &TcpStream,
     conn: &Conn,
     idle: Duration,
-    orders: &mut watch::Receiver<Option<CloseOrder>>,
 ) -> Outcome {
     let c2u_pending = AtomicBool::new(false);
     let u2c_pending = AtomicBool::new(false);
@@ -134,12 +132,8 @@ pub(crate) async fn run(
                 }
                 idle_timer.as_mut().reset(deadline);
             }
-            // The sender lives in the connection table entry this task holds, so
-            // `changed` only fails if the entry is gone, which cannot happen here.
-            Ok(()) = orders.changed() => {
-                if let Some(order) = *orders.borrow_and_update() {
-                    return Outcome::Ordered { order, pending: pending() };
-                }
+            order = conn.ordered() => {
+                return Outcome::Ordered { order, pending: pending() };
             }
         }
         if client_done && upstream_done {
@@ -430,8 +424,7 @@ mod tests {
             (a, b)
         };
         let table = Arc::new(crate::conntable::ConnTable::default());
-        let (reg, mut orders) =
-            table.register(Arc::from("l"), Arc::from("p"), client.local_addr().unwrap());
+        let reg = table.register(Arc::from("l"), Arc::from("p"), client.local_addr().unwrap());
         let conn = Arc::clone(reg.conn());
         let up = data(3 << 20, 1);
         let down = data(2 << 20, 2);
@@ -447,16 +440,7 @@ mod tests {
                 assert!(matches!(end, PumpEnd::Eof));
                 None
             } else {
-                Some(
-                    run(
-                        &client_leg,
-                        &upstream_leg,
-                        &conn,
-                        Duration::from_secs(10),
-                        &mut orders,
-                    )
-                    .await,
-                )
+                Some(run(&client_leg, &upstream_leg, &conn, Duration::from_secs(10)).await)
             }
         });
         let (up2, down2) = (up.clone(), down.clone());

@@ -49,10 +49,10 @@ pub(super) async fn tunnel(
     let peer = exchange
         .with(|s| s.client)
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (reg, mut orders) =
-        ctx.shared
-            .conns
-            .register(Arc::clone(&ctx.name), Arc::clone(pool.name()), peer);
+    let reg = ctx
+        .shared
+        .conns
+        .register(Arc::clone(&ctx.name), Arc::clone(pool.name()), peer);
     let conn = reg.conn();
     conn.set_backend(Some(guard.backend().addr()));
     conn.set_state(ConnState::Established);
@@ -90,11 +90,7 @@ pub(super) async fn tunnel(
                 }
                 timer.as_mut().reset(deadline);
             }
-            Ok(()) = orders.changed() => {
-                if let Some(order) = *orders.borrow_and_update() {
-                    break Some(order.cause);
-                }
-            }
+            order = conn.ordered() => break Some(order.cause),
         }
         if c_done && u_done {
             break None;

@@ -37,6 +37,39 @@ async fn a_connection_that_sends_nothing_is_closed_after_header_read() {
     );
 }
 
+/// Shutdown closes a connection that has sent nothing at once, long before its
+/// `header_read` and the shutdown grace: it has no request to finish. (It waits on no
+/// timer or token of its own; the connection table wakes it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_silent_connection_at_once() {
+    let o = origin(|_| vec![Step::Write(ok("never"))]).await;
+    let plumb = Plumb::start(&format!(
+        "[runtime]\nshutdown_grace = \"5s\"\n{}",
+        http_config(
+            &[o.addr],
+            "",
+            "[listener.timeouts]\nheader_read = \"10s\"\n"
+        )
+    ))
+    .await;
+    let mut c = Client::connect(plumb.addr()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let stopping = tokio::spawn(plumb.stop_and_keep_log());
+    let (rest, _) = c
+        .until_eof(Duration::from_secs(4))
+        .await
+        .expect("a connection that sent nothing stayed open through shutdown");
+    assert!(rest.is_empty(), "an answer to no request: {rest:?}");
+    let closed = t0.elapsed();
+    stopping.await.unwrap();
+    let stopped = t0.elapsed();
+    assert!(
+        closed < Duration::from_secs(2) && stopped < Duration::from_secs(3),
+        "closed after {closed:?}, plumb stopped after {stopped:?}; the grace is 5 s"
+    );
+}
+
 /// A partial request head, then silence: 408 `client_header_timeout` about 300 ms
 /// after the first byte, then the connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
