@@ -346,10 +346,7 @@ async fn run_connection<I>(
         table: Arc::clone(table),
     });
     let svc_conn = Arc::clone(&conn);
-    let service = service_fn(move |req| {
-        let c = Arc::clone(&svc_conn);
-        async move { Ok::<_, Infallible>(handle(c, req).await) }
-    });
+    let service = service_fn(move |req| handle(Arc::clone(&svc_conn), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Plain listeners: plumb's own head timer (below) answers 408, and hyper's is
     // off (it would arm a boxed timer for every request). TLS listeners keep hyper's
@@ -514,7 +511,15 @@ pub(crate) fn raw_error(
     format!("{head}{body}").into_bytes()
 }
 
-async fn handle(conn: Arc<HttpConn>, req: Request<Incoming>) -> Response<RespBody> {
+/// One request, in its span. A plain function, not an `async fn` around
+/// `handle_in_span`: each async layer would keep its own copy of the request and
+/// make the future hyper holds (and moves) for every request larger.
+fn handle(
+    conn: Arc<HttpConn>,
+    req: Request<Incoming>,
+) -> tracing::instrument::Instrumented<
+    impl std::future::Future<Output = Result<Response<RespBody>, Infallible>>,
+> {
     let span = tracing::debug_span!(
         "request",
         method = %req.method(),
@@ -522,10 +527,13 @@ async fn handle(conn: Arc<HttpConn>, req: Request<Incoming>) -> Response<RespBod
         pool = tracing::field::Empty,
         backend.addr = tracing::field::Empty,
     );
-    tracing::Instrument::instrument(handle_in_span(conn, req), span).await
+    tracing::Instrument::instrument(handle_in_span(conn, req), span)
 }
 
-async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Response<RespBody> {
+async fn handle_in_span(
+    conn: Arc<HttpConn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
     let t0 = Instant::now();
     let header_read = conn.request_started();
     let ctx = Arc::clone(&conn.ctx);
@@ -582,35 +590,35 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
             _ => false,
         };
     if ambiguous {
-        return error_response(
+        return Ok(error_response(
             &ctx,
             &exchange,
             Cause::BadRequest,
             "the request names more than one host (Host headers or Host against the request target)".into(),
-        );
+        ));
     }
 
     // Routes match the path as sent; a path with dot-segments could match one route
     // and mean another once the backend resolves it (`/public/../admin`).
     if route::has_dot_segments(path) {
-        return error_response(
+        return Ok(error_response(
             &ctx,
             &exchange,
             Cause::BadRequest,
             "the path has dot-segments ('.' or '..')".into(),
-        );
+        ));
     }
 
     let Some(pool) = route::first_match(&ctx.routes, &host, path)
         .cloned()
         .or_else(|| ctx.pool.clone())
     else {
-        return error_response(
+        return Ok(error_response(
             &ctx,
             &exchange,
             Cause::NoRoute,
             "no route matches and the listener has no default pool".into(),
-        );
+        ));
     };
     exchange.with(|s| s.pool = Some(Arc::clone(pool.name())));
     tracing::Span::current().record("pool", tracing::field::display(pool.name()));
@@ -665,14 +673,14 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
             .or(Some(body.size_hint().lower()))
             .unwrap_or(0);
         if announced > max {
-            return error_response(
+            return Ok(error_response(
                 &ctx,
                 &exchange,
                 Cause::RequestTooLarge,
                 format!(
                     "the request body ({announced} bytes) is larger than max_body_bytes ({max})"
                 ),
-            );
+            ));
         }
     }
     let bodyless = body.is_end_stream();
@@ -766,7 +774,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                         s.first_byte = Some(t0.elapsed());
                         s.error = None;
                     });
-                    return respond(
+                    return Ok(respond(
                         &ctx,
                         &pool,
                         &exchange,
@@ -776,7 +784,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                         guard,
                         client_upgrade,
                         &method,
-                    );
+                    ));
                 }
                 Sent::Busy(back) => {
                     // The kept-alive connection is still finishing its last
@@ -824,7 +832,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                     if let Some(client_cause) =
                         exchange.with(|s| s.cause).filter(|c| c.is_client_side())
                     {
-                        return error_response(&ctx, &exchange, client_cause, text);
+                        return Ok(error_response(&ctx, &exchange, client_cause, text));
                     }
                     let stale = reused
                         && !fresh_retry_done
@@ -868,7 +876,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
                     last = Some((cause, text));
                     if !retry {
                         let (cause, text) = last.take().unwrap_or((cause, String::new()));
-                        return error_response(&ctx, &exchange, cause, text);
+                        return Ok(error_response(&ctx, &exchange, cause, text));
                     }
                     break;
                 }
@@ -876,7 +884,7 @@ async fn handle_in_span(conn: Arc<HttpConn>, mut req: Request<Incoming>) -> Resp
         }
     }
     let (cause, text) = last.unwrap_or((Cause::NoHealthyBackend, "no backend to try".to_string()));
-    error_response(&ctx, &exchange, cause, text)
+    Ok(error_response(&ctx, &exchange, cause, text))
 }
 
 /// The request-id header name.
