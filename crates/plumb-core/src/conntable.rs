@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -76,6 +76,8 @@ pub struct Conn {
     last_sender: AtomicU8,
     /// The order to close, once given; the connection's task looks when woken.
     order: Mutex<Option<CloseOrder>>,
+    /// Whether `order` is set: a wake-up without an order takes no lock.
+    ordered: AtomicBool,
     /// The connection's task, woken by an order or a nudge. One task serves a
     /// connection, so one waker is enough (a channel would be 200 bytes more for
     /// every idle connection).
@@ -162,6 +164,7 @@ impl Conn {
     /// Tells the connection's task to close both legs.
     pub fn close(&self, order: CloseOrder) {
         *self.order.lock().unwrap_or_else(|p| p.into_inner()) = Some(order);
+        self.ordered.store(true, Ordering::Release);
         self.waker.wake();
     }
 
@@ -173,6 +176,9 @@ impl Conn {
 
     /// The order to close, if one was given.
     pub(crate) fn order(&self) -> Option<CloseOrder> {
+        if !self.ordered.load(Ordering::Acquire) {
+            return None;
+        }
         *self.order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -309,6 +315,7 @@ impl ConnTable {
             last_activity_ms: AtomicU64::new(0),
             last_sender: AtomicU8::new(0),
             order: Mutex::new(None),
+            ordered: AtomicBool::new(false),
             first_byte: AtomicU8::new(0),
             waker: AtomicWaker::new(),
             legs: Mutex::new(Legs::default()),

@@ -291,19 +291,26 @@ async fn serve_in_span(
             }
         }
         Some(tls) => {
-            // The handshake is part of what a client must send in time.
-            match tokio::time::timeout(ctx.settings.header_read, tls.acceptor().accept(stream))
-                .await
-            {
-                Ok(Ok(tls_stream)) => {
+            // The handshake is part of what a client must send in time. Shutdown
+            // or an order ends it at once: nothing was asked yet.
+            let handshake =
+                tokio::time::timeout(ctx.settings.header_read, tls.acceptor().accept(stream));
+            let handshake = tokio::select! {
+                r = handshake => Some(r),
+                _ = reg.conn().ordered() => None,
+                () = ctx.shared.draining.cancelled() => None,
+            };
+            match handshake {
+                None => {}
+                Some(Ok(Ok(tls_stream))) => {
                     let watched = io::Watched::new(tls_stream, Arc::clone(&watch));
                     run_connection(&ctx, watched, peer, None, watch, "https", reg.conn()).await;
                 }
-                Ok(Err(e)) => {
+                Some(Ok(Err(e))) => {
                     failed = Some(Cause::ClientTlsError);
                     tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientTlsError, error = %e, "TLS handshake failed");
                 }
-                Err(_) => {
+                Some(Err(_)) => {
                     failed = Some(Cause::ClientHeaderTimeout);
                     tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientHeaderTimeout, "TLS handshake not completed in time");
                 }

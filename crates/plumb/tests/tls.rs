@@ -183,3 +183,52 @@ fn https_with_alpn_and_certificates_replaced_on_disk() {
         );
     }
 }
+
+/// Shutdown ends a TLS handshake still waiting for the client at once, long before
+/// `header_read` and the shutdown grace: nothing was asked yet.
+#[test]
+fn shutdown_ends_a_waiting_tls_handshake_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "1");
+    let backend = origin();
+    let port = support::free_port();
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\nshutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"tls\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:{port}\"\npool = \"app\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n[listener.timeouts]\nheader_read = \"10s\"\n[[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+        ),
+    )
+    .unwrap();
+    let mut plumb = support::Plumb::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    assert!(
+        plumb.wait_stderr("listening", Duration::from_secs(10)),
+        "plumb serve did not listen: {}",
+        plumb.stderr()
+    );
+    // A client that connects and never sends its ClientHello.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    plumb.signal("TERM");
+    let mut buf = [0u8; 64];
+    let read = silent.read(&mut buf);
+    let closed = t0.elapsed();
+    assert!(
+        matches!(read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the waiting handshake was not closed: {read:?} after {closed:?}"
+    );
+    assert!(
+        closed < Duration::from_secs(2),
+        "the waiting handshake lasted {closed:?} into shutdown (grace 5 s)"
+    );
+    assert!(
+        plumb.wait_exit(Duration::from_secs(3)).is_some(),
+        "plumb still running 3 s after SIGTERM: {}",
+        plumb.stderr()
+    );
+}
