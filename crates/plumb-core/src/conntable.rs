@@ -402,6 +402,18 @@ mod tests {
         (reg, Arc::new(Wakes::default()))
     }
 
+    /// An entry whose task has looked for an order once (and so is registered to be
+    /// woken).
+    fn waiting() -> (Registration, Arc<Wakes>) {
+        let (reg, wakes) = entry();
+        let waker = Arc::clone(&wakes).into();
+        assert!(reg
+            .conn()
+            .poll_order(&mut Context::from_waker(&waker))
+            .is_pending());
+        (reg, wakes)
+    }
+
     const ORDER: CloseOrder = CloseOrder {
         cause: Cause::Shutdown,
         how: CloseHow::Reset,
@@ -429,29 +441,20 @@ mod tests {
 
     #[test]
     fn a_nudge_wakes_without_an_order() {
-        let (reg, wakes) = entry();
-        let waker = Arc::clone(&wakes).into();
-        let mut cx = Context::from_waker(&waker);
-        assert!(reg.conn().poll_order(&mut cx).is_pending());
+        let (reg, wakes) = waiting();
         reg.table.nudge_all();
         assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
-        assert!(reg.conn().poll_order(&mut cx).is_pending());
+        assert!(reg.conn().order().is_none());
     }
 
     #[test]
     fn the_first_byte_deadline_concerns_only_a_silent_connection() {
-        let (reg, wakes) = entry();
-        let waker = Arc::clone(&wakes).into();
-        let mut cx = Context::from_waker(&waker);
-        assert!(reg.conn().poll_order(&mut cx).is_pending());
+        let (reg, wakes) = waiting();
         reg.conn().silence_expired();
         assert!(reg.conn().silent_too_long());
         assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
 
-        let (reg, wakes) = entry();
-        let waker = Arc::clone(&wakes).into();
-        let mut cx = Context::from_waker(&waker);
-        assert!(reg.conn().poll_order(&mut cx).is_pending());
+        let (reg, wakes) = waiting();
         reg.conn().spoke();
         reg.conn().silence_expired();
         assert!(!reg.conn().silent_too_long());
