@@ -151,34 +151,31 @@ impl std::future::Future for Serve {
     ) -> std::task::Poll<()> {
         use std::task::Poll;
         let this = self.get_mut();
-        if let Phase::FirstByte { ctx, stream, reg } = &this.phase {
-            let Poll::Ready(go_on) = poll_first_byte(cx, ctx, stream, reg.conn()) else {
-                return Poll::Pending;
-            };
-            let Phase::FirstByte { ctx, stream, reg } =
-                std::mem::replace(&mut this.phase, Phase::Done)
-            else {
-                return Poll::Ready(());
-            };
-            if !go_on {
-                ctx.metrics.closed(
-                    &ctx.shared.metrics,
-                    &ctx.name,
-                    ctx.pool_name(),
-                    None,
-                    reg.conn().age(),
-                );
-                return Poll::Ready(());
+        loop {
+            // Taken out while polled, put back while pending.
+            match std::mem::replace(&mut this.phase, Phase::Done) {
+                Phase::FirstByte { ctx, stream, reg } => {
+                    match poll_first_byte(cx, &ctx, &stream, reg.conn()) {
+                        Poll::Pending => {
+                            this.phase = Phase::FirstByte { ctx, stream, reg };
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(false) => {
+                            closed(&ctx, &reg, None);
+                            return Poll::Ready(());
+                        }
+                        Poll::Ready(true) => this.phase = Phase::Served(served(ctx, stream, reg)),
+                    }
+                }
+                Phase::Served(mut f) => {
+                    if f.as_mut().poll(cx).is_pending() {
+                        this.phase = Phase::Served(f);
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(());
+                }
+                Phase::Done => return Poll::Ready(()),
             }
-            this.phase = Phase::Served(served(ctx, stream, reg));
-        }
-        match &mut this.phase {
-            Phase::Served(f) => {
-                std::task::ready!(f.as_mut().poll(cx));
-                this.phase = Phase::Done;
-                Poll::Ready(())
-            }
-            _ => Poll::Ready(()),
         }
     }
 }
@@ -317,6 +314,12 @@ async fn serve_in_span(
             }
         }
     }
+    closed(&ctx, &reg, failed);
+    drop(reg);
+}
+
+/// Counts a client connection's end in the listener's metrics.
+fn closed(ctx: &ListenerCtx, reg: &crate::conntable::Registration, failed: Option<Cause>) {
     ctx.metrics.closed(
         &ctx.shared.metrics,
         &ctx.name,
@@ -324,7 +327,6 @@ async fn serve_in_span(
         failed,
         reg.conn().age(),
     );
-    drop(reg);
 }
 
 #[allow(

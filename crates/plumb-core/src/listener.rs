@@ -257,8 +257,7 @@ pub(crate) async fn accept_loop(
             biased;
             () = stop.cancelled() => break,
             () = timer.as_mut(), if deadlines.next().is_some() => {
-                deadlines.expire(&ctx.shared.conns, Instant::now());
-                if let Some(at) = deadlines.next() {
+                if let Some(at) = deadlines.expire(&ctx.shared.conns, Instant::now()) {
                     timer.as_mut().reset(at);
                 }
                 continue;
@@ -333,7 +332,9 @@ pub(crate) async fn accept_loop(
     // them instead.
     while let Some(at) = deadlines.next() {
         tokio::select! {
-            () = tokio::time::sleep_until(at) => deadlines.expire(&ctx.shared.conns, Instant::now()),
+            () = tokio::time::sleep_until(at) => {
+                deadlines.expire(&ctx.shared.conns, Instant::now());
+            }
             () = ctx.shared.draining.cancelled() => break,
         }
     }
@@ -360,8 +361,9 @@ impl FirstByteDeadlines {
         self.0.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Tells each connection whose deadline is past, if it is still open.
-    fn expire(&mut self, table: &crate::conntable::ConnTable, now: Instant) {
+    /// Tells each connection whose deadline is past, if it is still open; returns the
+    /// next deadline.
+    fn expire(&mut self, table: &crate::conntable::ConnTable, now: Instant) -> Option<Instant> {
         while let Some(&Reverse((at, id))) = self.0.peek() {
             if at > now {
                 break;
@@ -375,6 +377,7 @@ impl FirstByteDeadlines {
         if self.0.capacity() > 1024 && self.0.len() < self.0.capacity() / 4 {
             self.0.shrink_to(self.0.len() * 2);
         }
+        self.next()
     }
 }
 
