@@ -160,11 +160,15 @@ pub fn kill_process_group(pgid: u32) -> io::Result<()> {
     raw::killpg(pgid, libc::SIGKILL)
 }
 
-/// Gives memory the allocator holds free back to the kernel (glibc's
-/// `malloc_trim`; nothing elsewhere). After a burst of connections has closed,
-/// glibc keeps their buffers in its arenas: resident memory would stay at the
-/// burst's peak. HAProxy trims the same way when it releases its pools.
+/// Gives memory the allocators hold free back to the kernel: jemalloc's (the
+/// `plumb` binary's allocator) by purging every arena, and glibc's heap with
+/// `malloc_trim` (what other users of this crate allocate from). After a burst of
+/// connections has closed, an allocator keeps their buffers for reuse: resident
+/// memory would stay at the burst's peak (jemalloc would hand them back on its own
+/// only after its decay time, in steps). HAProxy trims the same way when it releases
+/// its pools.
 pub fn release_free_memory() {
+    let _ = raw::jemalloc_purge();
     raw::malloc_trim();
 }
 
@@ -435,5 +439,15 @@ mod fd_passing_tests {
         let mut got = [0u8; 1];
         served.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"x");
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    /// The purge control exists under the name used (a wrong name would make
+    /// `release_free_memory` silently do nothing for jemalloc).
+    #[test]
+    fn jemalloc_accepts_the_purge_control() {
+        assert_eq!(super::raw::jemalloc_purge(), 0);
     }
 }

@@ -100,6 +100,26 @@ pub(crate) fn malloc_trim() {
     }
 }
 
+/// jemalloc's `arena.<all>.purge` (4096 is `MALLCTL_ARENAS_ALL`): every arena hands
+/// its unused pages back to the kernel now, rather than after its decay time.
+/// Harmless when jemalloc is linked but not the global allocator (it has nothing to
+/// purge). Returns mallctl's result: 0, or an errno (ENOENT for a wrong name).
+pub(crate) fn jemalloc_purge() -> i32 {
+    let name = c"arena.4096.purge";
+    // SAFETY: the name is a NUL-terminated string that outlives the call; this
+    // control neither reads nor writes a value, so all value pointers are null and
+    // the length is 0, as jemalloc's mallctl(3) documents for it.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    }
+}
+
 /// `recv` into the unfilled part of `buf`, without zeroing it first; marks what the
 /// kernel wrote as filled and returns how many bytes that was (0: end of stream).
 pub(crate) fn recv_into(fd: BorrowedFd<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> io::Result<usize> {
