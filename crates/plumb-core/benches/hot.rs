@@ -134,7 +134,8 @@ fn header_rewriting(c: &mut Criterion) {
         )
     });
     c.bench_function("headers/request_id/new", |b| {
-        b.iter(|| black_box(hot::request_id(black_box(&head), "plumb-request-id", false)))
+        let name = HeaderName::from_static("plumb-request-id");
+        b.iter(|| black_box(hot::request_id(black_box(&head), &name, false)))
     });
 }
 

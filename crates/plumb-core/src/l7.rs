@@ -504,7 +504,7 @@ pub(crate) fn raw_error(
         Arc::clone(ctx),
         State {
             client: Some(peer),
-            request_id,
+            request_id: HeaderValue::from_str(&request_id).ok(),
             method: None,
             version: "HTTP/1.1",
             status: status.as_u16(),
@@ -560,11 +560,8 @@ async fn handle_in_span(
     let host = route::normalize_host(host_raw);
     let target = req.uri().clone();
     let path = target.path();
-    let request_id = headers::request_id(
-        req.headers(),
-        &ctx.settings.request_id_header,
-        ctx.settings.keep_request_id,
-    );
+    let request_id =
+        headers::request_id(req.headers(), &ctx.rid_header, ctx.settings.keep_request_id);
     let version = match req.version() {
         Version::HTTP_2 => "HTTP/2.0",
         Version::HTTP_10 => "HTTP/1.0",
@@ -575,7 +572,7 @@ async fn handle_in_span(
         Arc::clone(&ctx),
         State {
             client: Some(conn.peer),
-            request_id: request_id.clone(),
+            request_id: Some(request_id.clone()),
             method: Some(req.method().clone()),
             host: host_val.clone(),
             target: Some(target.clone()),
@@ -643,9 +640,7 @@ async fn handle_in_span(
     head.reserve(5);
     headers::strip_hop_by_hop(&mut head, upgrade);
     headers::add_forwarded(&mut head, &conn.forwarded, host_raw);
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        head.insert(rid_header(&ctx), v);
-    }
+    head.insert(rid_header(&ctx), request_id.clone());
     // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113
     // §8.2.3).
     if version == "HTTP/2.0" && head.get_all(header::COOKIE).iter().count() > 1 {
@@ -926,7 +921,7 @@ fn respond(
     ctx: &Arc<ListenerCtx>,
     pool: &Arc<Pool>,
     exchange: &Arc<Exchange>,
-    request_id: &str,
+    request_id: &HeaderValue,
     mut resp: Response<Incoming>,
     tx: client::UpConn,
     guard: crate::pool::ActiveGuard,
@@ -942,9 +937,7 @@ fn respond(
             let upstream_on = hyper::upgrade::on(&mut resp);
             let (mut parts, _) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
-            if let Ok(v) = HeaderValue::from_str(request_id) {
-                parts.headers.insert(rid_header(ctx), v);
-            }
+            parts.headers.insert(rid_header(ctx), request_id.clone());
             exchange.with(|s| s.upgraded = true);
             ctx.shared.tasks.spawn(upgrade::tunnel(
                 Arc::clone(ctx),
@@ -982,9 +975,7 @@ fn respond(
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("close"));
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        parts.headers.insert(rid_header(ctx), v);
-    }
+    parts.headers.insert(rid_header(ctx), request_id.clone());
     let keep = Arc::clone(pool);
     let max_idle = pool.settings().upstream.max_idle_per_backend;
     let sent = Arc::clone(exchange);
@@ -1038,8 +1029,9 @@ fn error_response(
 ) -> Response<RespBody> {
     let status = StatusCode::from_u16(cause.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let rid = exchange.with(|s| s.request_id.clone());
+    let rid_text = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut text = format!(
-        "{} {}: {cause}\nrequest id: {rid}\n",
+        "{} {}: {cause}\nrequest id: {rid_text}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
@@ -1072,7 +1064,7 @@ fn error_response(
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert("plumb-error", HeaderValue::from_static(cause.as_str()));
-    if let Ok(v) = HeaderValue::from_str(&rid) {
+    if let Some(v) = rid {
         h.insert(rid_header(ctx), v);
     }
     h.insert(

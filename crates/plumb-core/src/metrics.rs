@@ -427,10 +427,15 @@ pub(crate) struct ListenerMetrics {
     pub(crate) first_byte: Option<Histogram>,
     /// Request counters by pool, status and cause (read-locked on the hot path; a
     /// write only for a combination not seen before).
-    requests: std::sync::RwLock<HashMap<RequestKey, Counter>>,
+    requests: std::sync::RwLock<FastMap<RequestKey, Counter>>,
     /// Closed-connection counters by cause (the pool is the listener's default pool).
-    closed: std::sync::RwLock<HashMap<Option<crate::Cause>, Counter>>,
+    closed: std::sync::RwLock<FastMap<Option<crate::Cause>, Counter>>,
 }
+
+/// The caches' keys come from plumb's own config and the backend's status code:
+/// foldhash instead of SipHash, whose flooding resistance they do not need and
+/// which cost more than the counter it finds.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 type RequestKey = (Option<Arc<str>>, u16, Option<crate::Cause>);
 
@@ -495,7 +500,7 @@ impl ListenerMetrics {
 /// Increments the counter cached under `key`, made with `make` (from its family)
 /// the first time: a read lock on the hot path, a write lock once per new key.
 fn inc_cached<K: std::hash::Hash + Eq>(
-    cache: &std::sync::RwLock<HashMap<K, Counter>>,
+    cache: &std::sync::RwLock<FastMap<K, Counter>>,
     key: K,
     make: impl FnOnce() -> Counter,
 ) {

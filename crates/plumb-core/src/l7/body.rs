@@ -36,7 +36,8 @@ pub(crate) struct Exchange {
 pub(crate) struct State {
     pub(crate) pool: Option<Arc<str>>,
     pub(crate) client: Option<SocketAddr>,
-    pub(crate) request_id: String,
+    /// None only before a request was read.
+    pub(crate) request_id: Option<hyper::header::HeaderValue>,
     /// None: no request was read (`-` in the log).
     pub(crate) method: Option<hyper::Method>,
     pub(crate) host: Option<hyper::header::HeaderValue>,
@@ -67,6 +68,13 @@ pub(crate) struct State {
 }
 
 impl State {
+    pub(crate) fn request_id(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
     fn method_str(&self) -> &str {
         self.method.as_ref().map_or("-", hyper::Method::as_str)
     }
@@ -188,7 +196,7 @@ impl Exchange {
         let (client_tcp, upstream_tcp) = (tcp(&s.client_stream), tcp(&s.upstream_stream));
         for (leg, info) in [("client", client_tcp), ("upstream", upstream_tcp)] {
             if info.is_some_and(|i| i.suspected_blackhole()) {
-                tracing::warn!(leg, request_id = %s.request_id, "suspected_blackhole: data outstanding and retransmitted with no acknowledgement");
+                tracing::warn!(leg, request_id = s.request_id(), "suspected_blackhole: data outstanding and retransmitted with no acknowledgement");
                 self.ctx
                     .shared
                     .metrics
@@ -224,13 +232,13 @@ impl Exchange {
                 client: s
                     .client
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-                request_id: Some(s.request_id.clone()),
+                request_id: Some(s.request_id().to_string()),
                 request: Some(format!("{} {}", s.method_str(), s.path())),
                 status: Some(s.status),
             });
             tracing::info!(
                 listener = %self.ctx.name,
-                request_id = %s.request_id,
+                request_id = s.request_id(),
                 status = s.status,
                 cause = %cause,
                 backend.addr = s.backend.map(|b| b.to_string()),
@@ -244,7 +252,7 @@ impl Exchange {
             client: s
                 .client
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-            request_id: &s.request_id,
+            request_id: s.request_id(),
             method: s.method_str(),
             host: s.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
             path: s.path(),
@@ -309,10 +317,17 @@ pub(crate) struct Tracked<B: Body> {
     /// Bytes passed so far.
     seen: u64,
     /// Responses: the backend's abort (drain deadline, mark-down) ends the body.
-    abort: Option<(
-        Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-        Arc<crate::pool::Backend>,
-    )>,
+    abort: Option<AbortWatch>,
+}
+
+/// The backend's abort token as it was when the response began (an abort replaces
+/// it), and the wait on it, made only once the body has to wait for bytes: a
+/// response whose bytes are all in (most small ones) checks the token's flag and
+/// never registers, boxes or unregisters a waiter.
+struct AbortWatch {
+    token: tokio_util::sync::CancellationToken,
+    waiting: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    backend: Arc<crate::pool::Backend>,
 }
 
 impl<B: Body> std::fmt::Debug for Tracked<B> {
@@ -353,7 +368,11 @@ impl<B: Body> Tracked<B> {
     }
 
     pub(crate) fn abort_on(mut self, backend: Arc<crate::pool::Backend>) -> Tracked<B> {
-        self.abort = Some((Box::pin(backend.abort_token().cancelled_owned()), backend));
+        self.abort = Some(AbortWatch {
+            token: backend.abort_token(),
+            waiting: None,
+            backend,
+        });
         self
     }
 
@@ -370,6 +389,18 @@ impl<B: Body> Tracked<B> {
     fn complete(&self) -> bool {
         self.inner.is_end_stream()
             || (self.direction == Direction::Request && self.inner.size_hint().exact() == Some(0))
+    }
+
+    /// The backend's abort ended the body.
+    fn aborted(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let cause = self
+            .abort
+            .as_ref()
+            .map_or(Cause::BackendDrained, |a| a.backend.abort_cause());
+        self.exchange
+            .fail(cause, "the backend was drained or marked down mid-response");
+        self.ended = true;
+        Poll::Ready(Some(Err(Box::new(BodyAborted(cause)))))
     }
 
     fn end(&mut self) {
@@ -403,14 +434,8 @@ where
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some((abort, backend)) = &mut this.abort {
-            if abort.as_mut().poll(cx).is_ready() {
-                let cause = backend.abort_cause();
-                this.exchange
-                    .fail(cause, "the backend was drained or marked down mid-response");
-                this.ended = true;
-                return Poll::Ready(Some(Err(Box::new(BodyAborted(cause)))));
-            }
+        if this.abort.as_ref().is_some_and(|a| a.token.is_cancelled()) {
+            return this.aborted();
         }
         // The idle timer measures silence from the moment the next chunk is asked
         // for, not from the last one delivered: while the other side could not take
@@ -470,6 +495,13 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if let Some(AbortWatch { token, waiting, .. }) = &mut this.abort {
+                    let wait =
+                        waiting.get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+                    if wait.as_mut().poll(cx).is_ready() {
+                        return this.aborted();
+                    }
+                }
                 let deadline = this.asked + this.idle;
                 let timer = match &mut this.timer {
                     Some(t) => {

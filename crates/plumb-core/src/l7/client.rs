@@ -35,7 +35,9 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 /// Idle kept-alive connections, by backend.
 #[derive(Debug, Default)]
 pub(crate) struct KeepAlive {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Keyed by backend address (from config or discovery, not from clients):
+    /// foldhash rather than SipHash on this per-request lookup.
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
 /// An upstream connection: the request sender, and the socket (shared, so that its
@@ -98,7 +100,10 @@ impl KeepAlive {
         self.lock().values().map(Vec::len).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>
+    {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -24,11 +24,30 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Which of `HOP_BY_HOP` `name` is. Lengths first: most names have none of the six
+/// lengths, and a standard name's text is a table lookup, so a typical header costs
+/// a few instructions rather than eight comparisons of `HeaderName`s.
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    let s = name.as_str();
+    match s.len() {
+        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().position(|hop| hop.as_str() == s),
+        _ => None,
+    }
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (a WebSocket handshake
 /// must reach the backend).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if h.contains_key(header::CONNECTION) {
+    // One pass over the (few) headers present, then removals only for the hop-by-hop
+    // names found: most requests and responses carry none but `Connection`.
+    let mut found = [false; HOP_BY_HOP.len()];
+    for name in h.keys() {
+        if let Some(i) = hop_index(name) {
+            found[i] = true;
+        }
+    }
+    if found[0] {
         // The usual tokens name no header of their own (`close`) or one removed
         // below anyway (`keep-alive`, `upgrade`): only others are looked up.
         let named: Vec<HeaderName> = h
@@ -49,14 +68,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
                 continue;
             }
             h.remove(&name);
-        }
-    }
-    // One pass over the (few) headers present, then removals only for the hop-by-hop
-    // names found: most requests and responses carry none of them.
-    let mut found = [false; 8];
-    for name in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            found[i] = true;
         }
     }
     for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
@@ -93,18 +104,52 @@ pub struct ForwardedFor {
 }
 
 impl ForwardedFor {
-    /// For a client at `client`, reached over `proto` (`http` or `https`).
+    /// For a client at `client`, reached over `proto` (`http` or `https`). Once per
+    /// connection, and with one request per connection it is a real share of the
+    /// work: the address is written once, IPv4 without `fmt`.
     pub fn new(client: SocketAddr, proto: &'static str) -> ForwardedFor {
         let ip = client.ip();
-        let node = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
+        let text = ip_text(ip);
+        let mut element = String::with_capacity(text.len() + 16 + proto.len());
+        element.push_str("for=");
+        match ip {
+            IpAddr::V4(_) => element.push_str(&text),
+            IpAddr::V6(_) => {
+                element.push_str("\"[");
+                element.push_str(&text);
+                element.push_str("]\"");
+            }
+        }
+        element.push_str(";proto=");
+        element.push_str(proto);
         ForwardedFor {
-            ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("")),
-            element: format!("for={node};proto={proto}"),
+            ip: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("")),
+            element,
             proto,
         }
+    }
+}
+
+/// An address as text, as `Display` writes it.
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -118,17 +163,12 @@ fn joined(prev: &str, next: &str) -> Option<HeaderValue> {
 }
 
 /// Adds the client to `X-Forwarded-For` (appended to what a front sent) and
-/// `Forwarded`, and sets `X-Forwarded-Proto`.
+/// `Forwarded`, and sets `X-Forwarded-Proto`. Each header is looked up once (an
+/// entry), not once to read and again to write.
 pub fn add_forwarded(h: &mut HeaderMap, client: &ForwardedFor, host: &str) {
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            joined(prev, client.ip.to_str().unwrap_or_default())
-        }
-        _ => Some(client.ip.clone()),
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
-    }
+    append_or_set(h.entry(X_FORWARDED_FOR), client.ip.clone(), |prev| {
+        joined(prev, client.ip.to_str().unwrap_or_default())
+    });
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     let with_host = !host.is_empty()
         && host
@@ -140,33 +180,75 @@ pub fn add_forwarded(h: &mut HeaderMap, client: &ForwardedFor, host: &str) {
         element.push_str(";host=");
         element.push_str(host);
     }
-    let forwarded = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => joined(prev, &element),
-        _ => HeaderValue::from_maybe_shared(bytes::Bytes::from(element)).ok(),
+    let Ok(own) = HeaderValue::from_maybe_shared(bytes::Bytes::from(element)) else {
+        return;
     };
-    if let Some(v) = forwarded {
-        h.insert(header::FORWARDED, v);
+    append_or_set(h.entry(header::FORWARDED), own.clone(), |prev| {
+        joined(prev, own.to_str().unwrap_or_default())
+    });
+}
+
+/// Sets the entry to `own`, or, when it holds a non-blank text value (the first of
+/// several), to what `join` makes of that value; all earlier values are replaced.
+fn append_or_set(
+    entry: header::Entry<'_, HeaderValue>,
+    own: HeaderValue,
+    join: impl FnOnce(&str) -> Option<HeaderValue>,
+) {
+    match entry {
+        header::Entry::Occupied(mut e) => {
+            let joined = e
+                .get()
+                .to_str()
+                .ok()
+                .filter(|prev| !prev.trim().is_empty())
+                .map(join);
+            match joined {
+                Some(Some(v)) => {
+                    e.insert(v);
+                }
+                // Unjoinable (cannot happen for header-safe text): keep what was sent.
+                Some(None) => {}
+                None => {
+                    e.insert(own);
+                }
+            }
+        }
+        header::Entry::Vacant(e) => {
+            e.insert(own);
+        }
     }
 }
 
-/// The request id: the client's, when allowed and sane, else a new random one.
-pub fn request_id(h: &HeaderMap, name: &str, keep: bool) -> String {
+/// The request id: the client's, when allowed and sane, else a new random one. A
+/// header value, so that the request, the response and the log share one copy.
+pub fn request_id(h: &HeaderMap, name: &HeaderName, keep: bool) -> HeaderValue {
     if keep {
-        if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
-            let v = v.trim();
-            if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
-                return v.to_string();
+        if let Some(v) = h.get(name) {
+            let sane = |t: &str| {
+                !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic())
+            };
+            if let Ok(text) = v.to_str() {
+                let t = text.trim();
+                if sane(t) {
+                    if t.len() == text.len() {
+                        return v.clone();
+                    }
+                    if let Ok(trimmed) = HeaderValue::from_str(t) {
+                        return trimmed;
+                    }
+                }
             }
         }
     }
     // 32 lowercase hex digits, written directly (`format!` costs several times more).
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = fastrand::u128(..);
-    let digits: Vec<u8> = (0..32)
-        .rev()
-        .map(|i| HEX[((n >> (i * 4)) & 0xf) as usize])
-        .collect();
-    String::from_utf8(digits).unwrap_or_default()
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((n >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -242,26 +324,72 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_headers_replace_blank_and_repeated_values() {
+        let client = ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "https");
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("forwarded", " "),
+            ("x-forwarded-proto", "http"),
+        ]);
+        add_forwarded(&mut h, &client, "");
+        let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["203.0.113.7, 192.0.2.1"]);
+        let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
+        assert_eq!(fwd, ["for=192.0.2.1;proto=https"]);
+        let proto: Vec<_> = h.get_all("x-forwarded-proto").iter().collect();
+        assert_eq!(proto, ["https"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_recognised_and_no_other() {
+        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(hop), Some(i), "{hop}");
+        }
+        for other in [
+            "accept",
+            "x-trace",
+            "upgrade-insecure-requests",
+            "trailers",
+            "tk",
+        ] {
+            let name = HeaderName::from_static(other);
+            assert_eq!(hop_index(&name), None, "{other}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every IPv4 address is written as `Display` writes it.
+        #[test]
+        fn ipv4_text_as_display(octets in proptest::array::uniform4(0u8..)) {
+            let ip = IpAddr::from(octets);
+            proptest::prop_assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
     fn request_ids() {
+        let name = HeaderName::from_static("plumb-request-id");
         let h = map(&[("plumb-request-id", "abc-123")]);
-        assert_eq!(request_id(&h, "plumb-request-id", true), "abc-123");
-        let fresh = request_id(&h, "plumb-request-id", false);
+        assert_eq!(request_id(&h, &name, true), "abc-123");
+        let padded = map(&[("plumb-request-id", " abc-123 ")]);
+        assert_eq!(request_id(&padded, &name, true), "abc-123");
+        let fresh = request_id(&h, &name, false);
         assert_eq!(fresh.len(), 32);
         assert!(fresh
-            .bytes()
+            .as_bytes()
+            .iter()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(fresh, "abc-123");
         // Fresh ids differ (128 random bits) and use every digit position: over a few
         // hundred ids, each position takes more than one value.
-        let ids: Vec<String> = (0..300)
-            .map(|_| request_id(&h, "plumb-request-id", false))
-            .collect();
+        let ids: Vec<HeaderValue> = (0..300).map(|_| request_id(&h, &name, false)).collect();
         for pos in 0..32 {
             let distinct: std::collections::HashSet<u8> =
                 ids.iter().map(|i| i.as_bytes()[pos]).collect();
             assert!(distinct.len() > 1, "digit {pos} never changes");
         }
         let bad = map(&[("plumb-request-id", "has space")]);
-        assert_ne!(request_id(&bad, "plumb-request-id", true), "has space");
+        assert_ne!(request_id(&bad, &name, true), "has space");
     }
 }

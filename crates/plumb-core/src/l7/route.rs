@@ -3,7 +3,7 @@
 use plumb_config::model::Route;
 
 /// The host a request names, lowercase, without port or trailing dot.
-pub fn normalize_host(raw: &str) -> String {
+pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let raw = raw.trim();
     let without_port = if let Some(rest) = raw.strip_prefix('[') {
         // [v6]:port
@@ -14,7 +14,13 @@ pub fn normalize_host(raw: &str) -> String {
             _ => raw,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    // Hosts usually come in lower case already: borrowed then, not copied.
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 /// Whether a path has `.` or `..` segments, also percent-encoded (`%2e`).
