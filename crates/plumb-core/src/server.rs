@@ -279,22 +279,29 @@ impl Server {
         }
         // After a burst of connections closes, give its freed buffers back to the
         // kernel: once 500 or more have closed since the last trim and the open
-        // count has fallen to half its peak (sampled every second), so a steady
-        // load that reuses its memory is left alone.
+        // count has fallen to half its peak, and again once connections stop
+        // opening and closing (sampled every second; a trim during a burst's
+        // close misses what closes after it). A steady load that reuses its
+        // memory is left alone.
         {
             let conns = Arc::clone(&self.shared.conns);
             let stop = self.stop.clone();
             tokio::spawn(async move {
-                let (mut peak, mut closed_at_trim) = (0usize, 0u64);
+                let (mut peak, mut closed_at_trim, mut opened_before) = (0usize, 0u64, 0u64);
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                     let open = conns.len();
-                    let closed = conns.opened_total().saturating_sub(open as u64);
+                    let opened = conns.opened_total();
+                    let closed = opened.saturating_sub(open as u64);
+                    let quiet = opened == opened_before && closed > closed_at_trim;
+                    opened_before = opened;
                     peak = peak.max(open);
-                    if closed >= closed_at_trim + TRIM_AFTER_CLOSED && open * 2 <= peak {
+                    let burst_over =
+                        closed >= closed_at_trim + TRIM_AFTER_CLOSED && open * 2 <= peak;
+                    if burst_over || quiet {
                         let _ = tokio::task::spawn_blocking(plumb_sys::release_free_memory).await;
                         peak = open;
                         closed_at_trim = closed;
