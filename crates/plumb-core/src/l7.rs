@@ -788,6 +788,7 @@ async fn handle_in_span(
                         guard,
                         client_upgrade,
                         &method,
+                        abort,
                     ));
                 }
                 Sent::Busy(back) => {
@@ -927,6 +928,7 @@ fn respond(
     guard: crate::pool::ActiveGuard,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     method: &Method,
+    abort: tokio_util::sync::CancellationToken,
 ) -> Response<RespBody> {
     let status = resp.status();
     exchange.with(|s| s.status = status.as_u16());
@@ -1012,7 +1014,7 @@ fn respond(
         Arc::clone(exchange),
     )
     .on_end(on_end)
-    .abort_on(backend);
+    .abort_on(backend, abort);
     if no_body {
         body::end_now(&mut tracked);
     }

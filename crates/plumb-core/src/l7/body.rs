@@ -196,7 +196,7 @@ impl Exchange {
         let (client_tcp, upstream_tcp) = (tcp(&s.client_stream), tcp(&s.upstream_stream));
         for (leg, info) in [("client", client_tcp), ("upstream", upstream_tcp)] {
             if info.is_some_and(|i| i.suspected_blackhole()) {
-                tracing::warn!(leg, request_id = s.request_id(), "suspected_blackhole: data outstanding and retransmitted with no acknowledgement");
+                tracing::warn!(leg, request_id = %s.request_id(), "suspected_blackhole: data outstanding and retransmitted with no acknowledgement");
                 self.ctx
                     .shared
                     .metrics
@@ -238,7 +238,7 @@ impl Exchange {
             });
             tracing::info!(
                 listener = %self.ctx.name,
-                request_id = s.request_id(),
+                request_id = %s.request_id(),
                 status = s.status,
                 cause = %cause,
                 backend.addr = s.backend.map(|b| b.to_string()),
@@ -367,9 +367,15 @@ impl<B: Body> Tracked<B> {
         self
     }
 
-    pub(crate) fn abort_on(mut self, backend: Arc<crate::pool::Backend>) -> Tracked<B> {
+    /// Ends the body when `token` (the backend's abort token the request was sent
+    /// under: an abort replaces it) is cancelled.
+    pub(crate) fn abort_on(
+        mut self,
+        backend: Arc<crate::pool::Backend>,
+        token: tokio_util::sync::CancellationToken,
+    ) -> Tracked<B> {
         self.abort = Some(AbortWatch {
-            token: backend.abort_token(),
+            token,
             waiting: None,
             backend,
         });

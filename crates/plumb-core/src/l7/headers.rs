@@ -188,8 +188,9 @@ pub fn add_forwarded(h: &mut HeaderMap, client: &ForwardedFor, host: &str) {
     });
 }
 
-/// Sets the entry to `own`, or, when it holds a non-blank text value (the first of
-/// several), to what `join` makes of that value; all earlier values are replaced.
+/// Sets the entry to `own`, or, when it holds text, to what `join` makes of its
+/// values (several lines of a list header are one list, RFC 9110 §5.3: joined
+/// with ", ", blank ones skipped). A value that is not text is replaced by `own`.
 fn append_or_set(
     entry: header::Entry<'_, HeaderValue>,
     own: HeaderValue,
@@ -197,13 +198,26 @@ fn append_or_set(
 ) {
     match entry {
         header::Entry::Occupied(mut e) => {
-            let joined = e
-                .get()
-                .to_str()
-                .ok()
-                .filter(|prev| !prev.trim().is_empty())
-                .map(join);
-            match joined {
+            let mut prev: Option<std::borrow::Cow<'_, str>> = None;
+            let mut text = true;
+            for v in e.iter() {
+                match v.to_str() {
+                    Ok(t) if t.trim().is_empty() => {}
+                    Ok(t) => match &mut prev {
+                        None => prev = Some(std::borrow::Cow::Borrowed(t)),
+                        Some(p) => {
+                            let p = p.to_mut();
+                            p.push_str(", ");
+                            p.push_str(t);
+                        }
+                    },
+                    Err(_) => {
+                        text = false;
+                        break;
+                    }
+                }
+            }
+            match prev.filter(|_| text).map(|p| join(&p)) {
                 Some(Some(v)) => {
                     e.insert(v);
                 }
@@ -324,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_replace_blank_and_repeated_values() {
+    fn forwarded_headers_join_repeated_lines_and_replace_blank_ones() {
         let client = ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "https");
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.7"),
@@ -334,7 +348,7 @@ mod tests {
         ]);
         add_forwarded(&mut h, &client, "");
         let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
-        assert_eq!(xff, ["203.0.113.7, 192.0.2.1"]);
+        assert_eq!(xff, ["203.0.113.7, 198.51.100.2, 192.0.2.1"]);
         let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
         assert_eq!(fwd, ["for=192.0.2.1;proto=https"]);
         let proto: Vec<_> = h.get_all("x-forwarded-proto").iter().collect();
