@@ -717,11 +717,19 @@ fn incident_003_dropped_syns_are_counted_and_routed_around() {
     );
 
     // Direct, some clients wait out a retransmission; through plumb none does.
+    // Four drops in a row (0.3^4: about one run in thirty over 40 requests) make a
+    // direct request outlast its 10 s: that is the incident too, not a failure of
+    // the test, so a direct request may time out but not fail otherwise.
     let direct = timed_gets(&client, "10.0.2.2", 8080, 40, 10.0);
-    assert!(direct.iter().all(|r| r["ok"] == true), "{direct:?}");
+    assert!(
+        direct
+            .iter()
+            .all(|r| r["ok"] == true || r["error"] == "TimeoutError"),
+        "{direct:?}"
+    );
     let slow = direct
         .iter()
-        .filter(|r| r["s"].as_f64().unwrap() >= 0.9)
+        .filter(|r| r["ok"] == false || r["s"].as_f64().unwrap() >= 0.9)
         .count();
     assert!(
         slow >= 1,
