@@ -489,7 +489,8 @@ pub(crate) fn raw_error(
 ) -> Vec<u8> {
     let status = StatusCode::from_u16(cause.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let reason = status.canonical_reason().unwrap_or("");
-    let request_id = format!("{:032x}", fastrand::u128(..));
+    let rid = headers::new_request_id();
+    let request_id = rid.to_str().unwrap_or_default();
     let body = format!(
         "{} {reason}: {cause}\nrequest id: {request_id}\n",
         status.as_u16()
@@ -504,7 +505,7 @@ pub(crate) fn raw_error(
         Arc::clone(ctx),
         State {
             client: Some(peer),
-            request_id: HeaderValue::from_str(&request_id).ok(),
+            request_id: Some(rid.clone()),
             method: None,
             version: "HTTP/1.1",
             status: status.as_u16(),
@@ -1030,8 +1031,7 @@ fn error_response(
     detail: String,
 ) -> Response<RespBody> {
     let status = StatusCode::from_u16(cause.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let rid = exchange.with(|s| s.request_id.clone());
-    let rid_text = rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (rid, rid_text) = exchange.with(|s| (s.request_id.clone(), s.request_id().to_owned()));
     let mut text = format!(
         "{} {}: {cause}\nrequest id: {rid_text}\n",
         status.as_u16(),

@@ -33,6 +33,11 @@ pub mod hot {
     pub use crate::l7::route::{first_match, has_dot_segments, normalize_host};
 }
 
+/// A hash map for keys plumb itself chooses (backend addresses, pool names,
+/// status codes), not clients: foldhash rather than SipHash, whose flooding
+/// resistance such keys do not need and which cost more than the lookups it guards.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use accesslog::{AccessLog, End};
 pub use cause::{Cause, Side};
 pub use listener::{bind, bind_all, bind_all_with, BoundListener};

@@ -6,7 +6,6 @@
 //! each scrape. Names carry the `plumb_` prefix, counters end in `_total`, durations
 //! are histograms in seconds.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -16,6 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::FastMap;
 
 /// Labels of listener-level series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -431,11 +432,6 @@ pub(crate) struct ListenerMetrics {
     /// Closed-connection counters by cause (the pool is the listener's default pool).
     closed: std::sync::RwLock<FastMap<Option<crate::Cause>, Counter>>,
 }
-
-/// The caches' keys come from plumb's own config and the backend's status code:
-/// foldhash instead of SipHash, whose flooding resistance they do not need and
-/// which cost more than the counter it finds.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 type RequestKey = (Option<Arc<str>>, u16, Option<crate::Cause>);
 

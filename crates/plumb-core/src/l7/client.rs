@@ -7,7 +7,6 @@
 //! out to be closed before the request left (the stale keep-alive race), hyper hands
 //! the request back and it is sent again on a fresh connection.
 
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +25,7 @@ use plumb_config::model;
 
 use crate::cause::Cause;
 use crate::upstream;
+use crate::FastMap;
 
 /// A body sent upstream: the client's (streamed) or an empty one.
 pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -35,9 +35,7 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 /// Idle kept-alive connections, by backend.
 #[derive(Debug, Default)]
 pub(crate) struct KeepAlive {
-    /// Keyed by backend address (from config or discovery, not from clients):
-    /// foldhash rather than SipHash on this per-request lookup.
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
+    idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
 }
 
 /// An upstream connection: the request sender, and the socket (shared, so that its
@@ -100,10 +98,7 @@ impl KeepAlive {
         self.lock().values().map(Vec::len).sum()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<SocketAddr, Vec<Idle>>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

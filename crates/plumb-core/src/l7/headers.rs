@@ -166,9 +166,7 @@ fn joined(prev: &str, next: &str) -> Option<HeaderValue> {
 /// `Forwarded`, and sets `X-Forwarded-Proto`. Each header is looked up once (an
 /// entry), not once to read and again to write.
 pub fn add_forwarded(h: &mut HeaderMap, client: &ForwardedFor, host: &str) {
-    append_or_set(h.entry(X_FORWARDED_FOR), client.ip.clone(), |prev| {
-        joined(prev, client.ip.to_str().unwrap_or_default())
-    });
+    append_or_set(h.entry(X_FORWARDED_FOR), client.ip.clone());
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     let with_host = !host.is_empty()
         && host
@@ -183,19 +181,13 @@ pub fn add_forwarded(h: &mut HeaderMap, client: &ForwardedFor, host: &str) {
     let Ok(own) = HeaderValue::from_maybe_shared(bytes::Bytes::from(element)) else {
         return;
     };
-    append_or_set(h.entry(header::FORWARDED), own.clone(), |prev| {
-        joined(prev, own.to_str().unwrap_or_default())
-    });
+    append_or_set(h.entry(header::FORWARDED), own);
 }
 
-/// Sets the entry to `own`, or, when it holds text, to what `join` makes of its
-/// values (several lines of a list header are one list, RFC 9110 §5.3: joined
-/// with ", ", blank ones skipped). A value that is not text is replaced by `own`.
-fn append_or_set(
-    entry: header::Entry<'_, HeaderValue>,
-    own: HeaderValue,
-    join: impl FnOnce(&str) -> Option<HeaderValue>,
-) {
+/// Sets the entry to `own`, or, when it holds text, to its values followed by
+/// `own` (several lines of a list header are one list, RFC 9110 §5.3: joined with
+/// ", ", blank ones skipped). A value that is not text is replaced by `own`.
+fn append_or_set(entry: header::Entry<'_, HeaderValue>, own: HeaderValue) {
     match entry {
         header::Entry::Occupied(mut e) => {
             let mut prev: Option<std::borrow::Cow<'_, str>> = None;
@@ -217,7 +209,8 @@ fn append_or_set(
                     }
                 }
             }
-            match prev.filter(|_| text).map(|p| join(&p)) {
+            let own_text = own.to_str().unwrap_or_default();
+            match prev.filter(|_| text).map(|p| joined(&p, own_text)) {
                 Some(Some(v)) => {
                     e.insert(v);
                 }
@@ -255,7 +248,12 @@ pub fn request_id(h: &HeaderMap, name: &HeaderName, keep: bool) -> HeaderValue {
             }
         }
     }
-    // 32 lowercase hex digits, written directly (`format!` costs several times more).
+    new_request_id()
+}
+
+/// A fresh request id: 128 random bits as 32 lowercase hex digits, written directly
+/// (`format!` costs several times more).
+pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = fastrand::u128(..);
     let mut digits = [0u8; 32];
