@@ -12,6 +12,7 @@
 
 mod body;
 pub(crate) mod client;
+mod h1;
 pub(crate) mod headers;
 mod io;
 pub(crate) mod route;
@@ -692,6 +693,9 @@ async fn handle_in_span(
     if bodyless {
         exchange.mark_request_sent();
     }
+    // plumb drives the upstream exchange itself unless hyper's client must stream a
+    // body or hand over an upgraded connection.
+    let raw = bodyless && client_upgrade.is_none();
     let settings = pool.settings();
     conn.watch.set_write_stall(settings.timeouts.idle);
     let mut body_slot: Option<UpBody> = Some(
@@ -742,10 +746,19 @@ async fn handle_in_span(
             } else {
                 pool.http_idle.take(addr, settings.upstream.idle_timeout)
             };
-            let (mut tx, reused) = match idle {
-                Some(tx) => (tx, true),
-                None => match client::connect(addr, &settings).await {
-                    Ok(tx) => {
+            let taken = match idle {
+                Some(up) => up
+                    .for_request(raw, addr, &settings)
+                    .await
+                    .map(|up| (up, true)),
+                None => client::connect(addr, &settings, raw)
+                    .await
+                    .map(|up| (up, false)),
+            };
+            let (mut tx, reused) = match taken {
+                Ok((up, true)) => (up, true),
+                fresh => match fresh {
+                    Ok((tx, _)) => {
                         pool.metrics
                             .connected(pool.name(), addr, t_attempt.elapsed());
                         exchange.with(|s| s.connect = Some(t_attempt.elapsed()));
@@ -761,11 +774,11 @@ async fn handle_in_span(
                 },
             };
             // A drain deadline or a mark-down ends the wait for the response too.
-            exchange.with(|s| s.upstream_stream = Some(Arc::clone(&tx.stream)));
-            conn.table.set_legs(None, Some(&tx.stream));
+            exchange.with(|s| s.upstream_stream = Some(Arc::clone(tx.stream())));
+            conn.table.set_legs(None, Some(tx.stream()));
             let abort = guard.backend().abort_token();
             let sent = tokio::select! {
-                s = client::send(&mut tx.tx, req, settings.timeouts.response_header, &exchange, reused) => s,
+                s = client::send(&mut tx, req, settings.timeouts.response_header, settings.timeouts.idle, &exchange, reused) => s,
                 () = abort.cancelled() => Sent::Failed(
                     guard.backend().abort_cause(),
                     "the backend was drained or marked down while the request waited".to_string(),
@@ -800,11 +813,13 @@ async fn handle_in_span(
                     let keep = Arc::clone(&pool);
                     let max_idle = settings.upstream.max_idle_per_backend;
                     let wait = settings.upstream.idle_timeout;
-                    tokio::spawn(async move {
-                        if let Ok(Ok(())) = tokio::time::timeout(wait, tx.tx.ready()).await {
-                            keep.http_idle.put(addr, tx, max_idle);
-                        }
-                    });
+                    if let client::UpConn::Hyper(mut h) = tx {
+                        tokio::spawn(async move {
+                            if let Ok(Ok(())) = tokio::time::timeout(wait, h.tx.ready()).await {
+                                keep.http_idle.put(addr, client::UpConn::Hyper(h), max_idle);
+                            }
+                        });
+                    }
                     skip_idle = true;
                     req = back;
                     continue;
@@ -924,7 +939,7 @@ fn respond(
     pool: &Arc<Pool>,
     exchange: &Arc<Exchange>,
     request_id: &HeaderValue,
-    mut resp: Response<Incoming>,
+    mut resp: Response<client::UpResp>,
     tx: client::UpConn,
     guard: crate::pool::ActiveGuard,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -957,15 +972,16 @@ fn respond(
             return Response::from_parts(parts, empty);
         }
     }
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || body.is_end_stream();
-    // Pooled only if hyper will keep the connection: HTTP/1.1, no `Connection:
-    // close`, no switch of protocols, and a body whose end is framed (a length or
-    // chunks) rather than the backend's close.
-    let reusable = parts.version == Version::HTTP_11
+    // Pooled (by hyper's client) only if hyper will keep the connection: HTTP/1.1,
+    // no `Connection: close`, no switch of protocols, and a body whose end is framed
+    // (a length or chunks) rather than the backend's close.
+    let hyper_reusable = matches!(tx, client::UpConn::Hyper(_))
+        && parts.version == Version::HTTP_11
         && status != StatusCode::SWITCHING_PROTOCOLS
         && (no_body
             || parts.headers.contains_key(header::CONTENT_LENGTH)
@@ -981,32 +997,49 @@ fn respond(
     parts.headers.insert(rid_header(ctx), request_id.clone());
     let keep = Arc::clone(pool);
     let max_idle = pool.settings().upstream.max_idle_per_backend;
-    let sent = Arc::clone(exchange);
-    let on_end: Box<dyn FnOnce() + Send> = Box::new(move || {
-        drop(guard);
-        if !reusable {
-            return;
+    let on_end: Box<dyn FnOnce() + Send> = match tx {
+        client::UpConn::Raw(_) => {
+            // plumb reads this response itself: its body puts the connection back
+            // once it has read it to a framed end (`h1::RawBody`).
+            if let client::UpResp::Raw(raw) = &mut body {
+                raw.home(Box::new(move |conn| {
+                    keep.http_idle
+                        .put(addr, client::UpConn::Raw(conn), max_idle);
+                }));
+            }
+            Box::new(move || drop(guard))
         }
-        if sent.request_sent_at().is_some() {
-            // The response was read to its end and the request had gone out: the
-            // connection goes back to the pool now. hyper's connection task may be
-            // one poll from turning to the next request; whoever takes it waits
-            // for that (`client::send`), as hyper's own pool does.
-            keep.http_idle.put(addr, tx, max_idle);
-        } else {
-            // The backend answered before the request body was all sent (a 401 or
-            // 413 to an upload): the connection is busy until the upload ends, so
-            // it is pooled only once hyper says it is ready, within a second.
-            let mut tx = tx;
-            tokio::spawn(async move {
-                if let Ok(Ok(())) =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), tx.tx.ready()).await
-                {
-                    keep.http_idle.put(addr, tx, max_idle);
+        client::UpConn::Hyper(mut h) => {
+            let sent = Arc::clone(exchange);
+            Box::new(move || {
+                drop(guard);
+                if !hyper_reusable {
+                    return;
                 }
-            });
+                if sent.request_sent_at().is_some() {
+                    // The response was read to its end and the request had gone
+                    // out: the connection goes back to the pool now. hyper's
+                    // connection task may be one poll from turning to the next
+                    // request; whoever takes it waits for that (`client::send`), as
+                    // hyper's own pool does.
+                    keep.http_idle.put(addr, client::UpConn::Hyper(h), max_idle);
+                } else {
+                    // The backend answered before the request body was all sent (a
+                    // 401 or 413 to an upload): the connection is busy until the
+                    // upload ends, so it is pooled only once hyper says it is ready,
+                    // within a second.
+                    tokio::spawn(async move {
+                        if let Ok(Ok(())) =
+                            tokio::time::timeout(std::time::Duration::from_secs(1), h.tx.ready())
+                                .await
+                        {
+                            keep.http_idle.put(addr, client::UpConn::Hyper(h), max_idle);
+                        }
+                    });
+                }
+            })
         }
-    });
+    };
     let backend = Arc::clone(guard_backend);
     let mut tracked = Tracked::new(
         body,

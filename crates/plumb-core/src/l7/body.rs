@@ -488,7 +488,9 @@ where
                             Cause::UpstreamResetBeforeResponse => Cause::UpstreamReset,
                             other => other,
                         },
-                        None => Cause::UpstreamIoError,
+                        None => e
+                            .downcast_ref::<super::h1::BodyError>()
+                            .map_or(Cause::UpstreamIoError, |b| b.cause),
                     },
                 };
                 this.exchange

@@ -1,28 +1,37 @@
 //! Upstream HTTP/1.1 connections: a keep-alive pool per backend, connecting, and
 //! sending one request with the response-head timer.
 //!
+//! A connection is driven either by plumb itself (`h1.rs`: requests without a body
+//! and without an upgrade, read in the client's own task) or by hyper's client (a
+//! body to stream, or an upgrade); one plumb drives is handed to hyper when such a
+//! request takes it from the pool.
+//!
 //! Kept-alive connections are bounded (`upstream.max_idle_per_backend`) and closed
 //! after `upstream.idle_timeout`, shorter than backends' own keep-alive timeouts, so
 //! plumb is the side that closes an idle connection. When a reused connection turns
-//! out to be closed before the request left (the stale keep-alive race), hyper hands
-//! the request back and it is sent again on a fresh connection.
+//! out to be closed before the request left (the stale keep-alive race), the request
+//! comes back and is sent again on a fresh connection.
 
 use std::error::Error as StdError;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use plumb_config::model;
 
+use super::h1::{RawBody, RawConn};
 use crate::cause::Cause;
 use crate::upstream;
 use crate::FastMap;
@@ -38,12 +47,93 @@ pub(crate) struct KeepAlive {
     idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
 }
 
-/// An upstream connection: the request sender, and the socket (shared, so that its
-/// `TCP_INFO` can be read while hyper owns the connection).
+/// An upstream connection: driven by plumb, or by hyper's client.
 #[derive(Debug)]
-pub(crate) struct UpConn {
+pub(crate) enum UpConn {
+    Raw(RawConn),
+    Hyper(HyperConn),
+}
+
+/// A connection hyper's client drives: the request sender, and the socket (shared,
+/// so that its `TCP_INFO` can be read while hyper owns the connection).
+#[derive(Debug)]
+pub(crate) struct HyperConn {
     pub(crate) tx: http1::SendRequest<UpBody>,
-    pub(crate) stream: std::sync::Arc<tokio::net::TcpStream>,
+    pub(crate) stream: Arc<TcpStream>,
+}
+
+impl UpConn {
+    pub(crate) fn stream(&self) -> &Arc<TcpStream> {
+        match self {
+            UpConn::Raw(r) => &r.stream,
+            UpConn::Hyper(h) => &h.stream,
+        }
+    }
+
+    /// Whether an idle connection can no longer carry a request.
+    fn is_closed(&self) -> bool {
+        match self {
+            UpConn::Raw(r) => !r.usable(),
+            UpConn::Hyper(h) => h.tx.is_closed(),
+        }
+    }
+
+    /// The connection for a request: one with a body or an upgrade needs hyper's
+    /// client (`raw` false), and a connection plumb drove is handed to it.
+    pub(crate) async fn for_request(
+        self,
+        raw: bool,
+        addr: SocketAddr,
+        settings: &model::Pool,
+    ) -> Result<UpConn, upstream::ConnectError> {
+        match self {
+            UpConn::Raw(r) if !raw => {
+                let stream = r.into_stream().ok_or_else(|| upstream::ConnectError {
+                    addr,
+                    cause: Cause::UpstreamBadResponse,
+                    source: io::Error::other("bytes left over from the last response"),
+                })?;
+                handshake(addr, stream, settings).await.map(UpConn::Hyper)
+            }
+            up => Ok(up),
+        }
+    }
+}
+
+/// A response body from a backend: read by plumb, or by hyper's client.
+#[derive(Debug)]
+pub(crate) enum UpResp {
+    Raw(RawBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpResp {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpResp::Raw(b) => Pin::new(b).poll_frame(cx),
+            UpResp::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpResp::Raw(b) => b.is_end_stream(),
+            UpResp::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpResp::Raw(b) => b.size_hint(),
+            UpResp::Hyper(b) => b.size_hint(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,7 +148,7 @@ impl KeepAlive {
         let mut idle = self.lock();
         let list = idle.get_mut(&addr)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < idle_timeout && !i.up.tx.is_closed() {
+            if i.since.elapsed() < idle_timeout && !i.up.is_closed() {
                 return Some(i.up);
             }
         }
@@ -67,7 +157,7 @@ impl KeepAlive {
 
     /// Keeps a connection for reuse, unless `max` are already kept.
     pub(crate) fn put(&self, addr: SocketAddr, up: UpConn, max: usize) {
-        if max == 0 || up.tx.is_closed() {
+        if max == 0 || up.is_closed() {
             return;
         }
         let mut idle = self.lock();
@@ -88,7 +178,7 @@ impl KeepAlive {
             if !usable(*addr) {
                 return false;
             }
-            list.retain(|i| i.since.elapsed() < idle_timeout && !i.up.tx.is_closed());
+            list.retain(|i| i.since.elapsed() < idle_timeout && !i.up.is_closed());
             !list.is_empty()
         });
     }
@@ -103,18 +193,26 @@ impl KeepAlive {
     }
 }
 
-/// A new connection to `addr`, HTTP/1.1 handshake done.
+/// A new connection to `addr`: driven by plumb (`raw`), or by hyper's client.
 pub(crate) async fn connect(
     addr: SocketAddr,
     settings: &model::Pool,
+    raw: bool,
 ) -> Result<UpConn, upstream::ConnectError> {
-    let stream = std::sync::Arc::new(
-        upstream::connect(addr, &settings.tcp, settings.timeouts.connect).await?,
-    );
-    let io = super::io::SharedStream::write_stall(
-        std::sync::Arc::clone(&stream),
-        settings.timeouts.idle,
-    );
+    let stream = Arc::new(upstream::connect(addr, &settings.tcp, settings.timeouts.connect).await?);
+    if raw {
+        return Ok(UpConn::Raw(RawConn::new(stream)));
+    }
+    handshake(addr, stream, settings).await.map(UpConn::Hyper)
+}
+
+/// Hands a connected socket to hyper's client.
+async fn handshake(
+    addr: SocketAddr,
+    stream: Arc<TcpStream>,
+    settings: &model::Pool,
+) -> Result<HyperConn, upstream::ConnectError> {
+    let io = super::io::SharedStream::write_stall(Arc::clone(&stream), settings.timeouts.idle);
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
@@ -128,7 +226,7 @@ pub(crate) async fn connect(
             tracing::debug!(backend.addr = %addr, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(UpConn { tx, stream })
+    Ok(HyperConn { tx, stream })
 }
 
 /// How long a kept-alive connection may take to turn to its next request before it
@@ -138,7 +236,7 @@ const READY_WAIT: Duration = Duration::from_secs(1);
 /// How sending a request went.
 pub(crate) enum Sent {
     /// A response head arrived.
-    Answered(Response<Incoming>),
+    Answered(Response<UpResp>),
     /// The request never left: the connection was already closed. It can be sent
     /// again, body and all.
     Returned(Request<UpBody>, Cause, String),
@@ -150,8 +248,29 @@ pub(crate) enum Sent {
     Busy(Request<UpBody>),
 }
 
-/// Sends `req` on `tx`, waiting at most `response_header` for the response head.
+/// Sends `req` on `up`, waiting at most `response_header` for the response head (from
+/// when the request has been sent); a write the backend does not take for `stall`
+/// fails.
 pub(crate) async fn send(
+    up: &mut UpConn,
+    req: Request<UpBody>,
+    response_header: Duration,
+    stall: Duration,
+    exchange: &super::body::Exchange,
+    reused: bool,
+) -> Sent {
+    match up {
+        UpConn::Raw(raw) => {
+            // No body: the request counts as sent from the start.
+            let sent_at = exchange.request_sent_at().unwrap_or_else(Instant::now);
+            super::h1::send(raw, req, sent_at, response_header, stall).await
+        }
+        UpConn::Hyper(h) => send_hyper(&mut h.tx, req, response_header, exchange, reused).await,
+    }
+}
+
+/// [`send`] through hyper's client.
+async fn send_hyper(
     tx: &mut http1::SendRequest<UpBody>,
     req: Request<UpBody>,
     response_header: Duration,
@@ -195,7 +314,7 @@ pub(crate) async fn send(
             Cause::UpstreamResponseTimeout,
             format!("no response head within {}ms", response_header.as_millis()),
         ),
-        Ok(Ok(resp)) => Sent::Answered(resp),
+        Ok(Ok(resp)) => Sent::Answered(resp.map(UpResp::Hyper)),
         Ok(Err(mut e)) => {
             let cause = cause_of(e.error());
             let text = describe(e.error());

@@ -1,0 +1,626 @@
+//! HTTP/1.1 to a backend without hyper's client task, for the requests most of a load
+//! balancer's traffic is made of: no body, no protocol switch.
+//!
+//! The request head is written from the parsed request into the connection's own
+//! buffer, and the response is read, parsed and framed by the task that serves the
+//! client: no channel, no second task and no wake-up between the two per request.
+//! Requests with a body (which must stream while the response may already come) and
+//! upgrades go through hyper's client (`client.rs`), which a connection from here can
+//! be handed to at any time between two exchanges.
+//!
+//! Framing follows RFC 9112 §6: no body for HEAD, 1xx, 204 and 304; chunked when
+//! Transfer-Encoding ends in `chunked` (and then Content-Length is dropped); else
+//! Content-Length (every value must agree); else the body runs to the backend's close.
+//! A connection goes back to the pool only when its response was framed (not
+//! close-delimited), HTTP/1.1, without `Connection: close`, read to its end, and
+//! nothing followed it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::client::{BoxError, Sent, UpBody, UpResp};
+use crate::cause::{Cause, Side};
+
+/// How much is read from a backend at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// The largest response head taken (hyper's client default is about 400 KiB; a head
+/// this large is a broken backend, not a real one).
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head or a trailer section.
+const MAX_FIELDS: usize = 100;
+/// The longest chunk-size line (with extensions).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// An upstream connection driven by plumb itself: the socket, and one buffer that
+/// holds the request head on the way out and the response on the way in.
+#[derive(Debug)]
+pub(crate) struct RawConn {
+    pub(crate) stream: Arc<TcpStream>,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    pub(crate) fn new(stream: Arc<TcpStream>) -> RawConn {
+        RawConn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: nothing (no FIN, no RST, no
+    /// stray bytes) arrived while it waited. The reactor's readiness answers without
+    /// a system call; only when it says "readable" is the socket asked.
+    pub(crate) fn usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readable: the backend closed or sent something unasked for (either way
+            // the connection is done), or the last read filled the buffer exactly and
+            // left the readiness set.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// The socket and an empty buffer, for hyper's client (a request with a body or
+    /// an upgrade).
+    pub(crate) fn into_stream(self) -> Option<Arc<TcpStream>> {
+        self.buf.is_empty().then_some(self.stream)
+    }
+}
+
+/// Reads what the socket has into `buf`. A read that returns less than there was
+/// room for emptied the socket: its readiness is cleared then, so the next read
+/// waits for the reactor instead of making a system call that would find nothing
+/// (tokio's own `poll_read` does the same).
+fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    buf.reserve(READ_CHUNK);
+    let room = buf.capacity() - buf.len();
+    let mut got = 0;
+    let r = stream.try_io(Interest::READABLE, || {
+        got = stream.try_read_buf(buf)?;
+        if got > 0 && got < room {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(got)
+        }
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
+}
+
+/// Writes the request head for `req` (origin-form target, HTTP/1.1, its fields as
+/// they are) into `buf`.
+fn encode_head(buf: &mut BytesMut, req: &Request<UpBody>) {
+    buf.clear();
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    buf.reserve(req.method().as_str().len() + target.len() + fields + 16);
+    buf.extend_from_slice(req.method().as_str().as_bytes());
+    buf.extend_from_slice(b" ");
+    buf.extend_from_slice(target.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Sends `req` (which has no body) on `conn` and reads the response head, waiting for
+/// it at most `response_header` from `sent_at`. A write the backend does not take for
+/// `stall` fails as its idle timeout.
+pub(crate) async fn send(
+    conn: &mut RawConn,
+    req: Request<UpBody>,
+    sent_at: Instant,
+    response_header: Duration,
+    stall: Duration,
+) -> Sent {
+    encode_head(&mut conn.buf, &req);
+    let mut off = 0;
+    while off < conn.buf.len() {
+        match conn.stream.try_write(&conn.buf[off..]) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout(stall, conn.stream.writable())
+                    .await
+                    .is_err()
+                {
+                    return Sent::Failed(
+                        Cause::UpstreamIdleTimeout,
+                        format!(
+                            "the backend took no request bytes for {}ms",
+                            stall.as_millis()
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                let cause = before_response(&e);
+                let text = format!("writing the request: {e}");
+                conn.buf.clear();
+                // Nothing of the request left: it can go elsewhere as it is.
+                return if off == 0 {
+                    Sent::Returned(req, cause, text)
+                } else {
+                    Sent::Failed(cause, text)
+                };
+            }
+        }
+    }
+    conn.buf.clear();
+    let head_request = req.method() == Method::HEAD;
+    drop(req);
+
+    let deadline = tokio::time::sleep_until(sent_at + response_header);
+    tokio::pin!(deadline);
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf, head_request) {
+                Ok(Some((parts, framing, reusable))) => {
+                    let body = RawBody {
+                        stream: Arc::clone(&conn.stream),
+                        buf: std::mem::take(&mut conn.buf),
+                        framing,
+                        reusable,
+                        home: None,
+                    };
+                    return Sent::Answered(Response::from_parts(parts, UpResp::Raw(body)));
+                }
+                Ok(None) => {}
+                Err(why) => return Sent::Failed(Cause::UpstreamBadResponse, why),
+            }
+            if conn.buf.len() > MAX_HEAD {
+                return Sent::Failed(
+                    Cause::UpstreamBadResponse,
+                    format!("the response head is larger than {MAX_HEAD} bytes"),
+                );
+            }
+        }
+        match read_some(&conn.stream, &mut conn.buf) {
+            Ok(0) => {
+                return Sent::Failed(
+                    Cause::UpstreamClosedEarly,
+                    if conn.buf.is_empty() {
+                        "the backend closed the connection without a response".to_string()
+                    } else {
+                        "the backend closed the connection inside the response head".to_string()
+                    },
+                )
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    r = conn.stream.readable() => {
+                        if let Err(e) = r {
+                            return Sent::Failed(before_response(&e), e.to_string());
+                        }
+                    }
+                    () = &mut deadline => {
+                        return Sent::Failed(
+                            Cause::UpstreamResponseTimeout,
+                            format!("no response head within {}ms", response_header.as_millis()),
+                        );
+                    }
+                }
+            }
+            Err(e) => return Sent::Failed(before_response(&e), e.to_string()),
+        }
+    }
+}
+
+/// The cause of an I/O error before the response head.
+fn before_response(e: &io::Error) -> Cause {
+    match Cause::of_io_error(e, Side::Upstream) {
+        Cause::UpstreamReset => Cause::UpstreamResetBeforeResponse,
+        other => other,
+    }
+}
+
+type Head = (hyper::http::response::Parts, Framing, bool);
+
+/// Parses a response head at the start of `buf` and takes it off. Interim responses
+/// (1xx other than 101) are skipped. `Ok(None)`: more bytes are needed.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, String> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut r = httparse::Response::new(&mut fields);
+        let len = match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(format!("the response head does not parse: {e}")),
+        };
+        let code = r.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| format!("the response status {code} is not valid"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err("101 Switching Protocols to a request that asked for no upgrade".into());
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let version = if r.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut headers = HeaderMap::with_capacity(r.headers.len());
+        for f in r.headers.iter() {
+            let name = HeaderName::from_bytes(f.name.as_bytes())
+                .map_err(|_| format!("the response header name {:?} is not valid", f.name))?;
+            let value = HeaderValue::from_bytes(f.value)
+                .map_err(|_| format!("the value of response header {name} is not valid"))?;
+            headers.append(name, value);
+        }
+        let reason = r.reason.filter(|r| Some(*r) != status.canonical_reason());
+        let reason = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
+        buf.advance(len);
+
+        let framing = framing(&mut headers, status, head_request)?;
+        let reusable = version == Version::HTTP_11
+            && !matches!(framing, Framing::UntilClose)
+            && !asks_close(&headers);
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        if let Some(reason) = reason {
+            resp.extensions_mut().insert(reason);
+        }
+        let (parts, ()) = resp.into_parts();
+        return Ok(Some((parts, framing, reusable)));
+    }
+}
+
+/// Whether a `Connection` field lists `close`.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// How the response body ends (RFC 9112 §6.3).
+fn framing(headers: &mut HeaderMap, status: StatusCode, head: bool) -> Result<Framing, String> {
+    if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Done);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // The coding decides; a Content-Length beside it is wrong and is not passed on.
+        headers.remove(header::CONTENT_LENGTH);
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            _ => Framing::UntilClose,
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| "the response Content-Length is not a number".to_string())?;
+            if length.is_some_and(|l| l != n) {
+                return Err("the response has Content-Length values that disagree".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Done,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many body bytes are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes.
+    UntilClose,
+    /// The body has ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line comes next.
+    Size,
+    /// This many bytes of the chunk's data are still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+/// Why a response body read from a backend failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub(crate) struct BodyError {
+    pub(crate) cause: Cause,
+    text: String,
+}
+
+fn body_error(cause: Cause, text: impl Into<String>) -> BoxError {
+    Box::new(BodyError {
+        cause,
+        text: text.into(),
+    })
+}
+
+/// Where a connection goes once its response has ended cleanly (its pool).
+pub(crate) type Home = Box<dyn FnOnce(RawConn) + Send>;
+
+/// A response body read straight from the backend's socket.
+pub(crate) struct RawBody {
+    stream: Arc<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    reusable: bool,
+    home: Option<Home>,
+}
+
+impl std::fmt::Debug for RawBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBody")
+            .field("framing", &self.framing)
+            .field("reusable", &self.reusable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawBody {
+    /// Sets where the connection goes when the body ends; at once if it already has.
+    pub(crate) fn home(&mut self, home: Home) {
+        self.home = Some(home);
+        if self.framing == Framing::Done {
+            self.done();
+        }
+    }
+
+    /// The body ended where its framing said: the connection goes home if it may be
+    /// used again and nothing followed the response.
+    fn done(&mut self) {
+        self.framing = Framing::Done;
+        if self.reusable && self.buf.is_empty() {
+            if let Some(home) = self.home.take() {
+                home(RawConn {
+                    stream: Arc::clone(&self.stream),
+                    buf: std::mem::take(&mut self.buf),
+                });
+            }
+        }
+    }
+
+    /// Reads more from the backend. `Ready(Ok(0))` is its close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, BoxError>> {
+        loop {
+            match read_some(&self.stream, &mut self.buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = ready!(self.stream.poll_read_ready(cx)) {
+                        return Poll::Ready(Err(io_error(&e)));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(io_error(&e))),
+            }
+        }
+    }
+
+    /// Up to `max` bytes of what is buffered, as a data frame.
+    fn take_data(&mut self, max: u64) -> Bytes {
+        let n = usize::try_from(max).map_or(self.buf.len(), |m| m.min(self.buf.len()));
+        self.buf.split_to(n).freeze()
+    }
+
+    /// One step of chunked decoding on what is buffered: `None` when more bytes are
+    /// needed.
+    fn chunked_step(&mut self, state: Chunk) -> Option<Result<Option<Frame<Bytes>>, BoxError>> {
+        let bad = |why: &str| Some(Err(body_error(Cause::UpstreamBadResponse, why)));
+        match state {
+            Chunk::Size => {
+                let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
+                    if self.buf.len() > MAX_CHUNK_LINE {
+                        return bad("a chunk-size line is too long");
+                    }
+                    return None;
+                };
+                let line = &self.buf[..nl];
+                let Some(line) = line.strip_suffix(b"\r") else {
+                    return bad("a chunk-size line does not end in CRLF");
+                };
+                let digits = line
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .filter(|d| !d.is_empty() && d.len() <= 15)
+                    .and_then(|d| u64::from_str_radix(d, 16).ok());
+                let Some(size) = size else {
+                    return bad("a chunk size is not a hexadecimal number");
+                };
+                self.buf.advance(nl + 1);
+                self.framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+                Some(Ok(None))
+            }
+            Chunk::Data(left) => {
+                if self.buf.is_empty() {
+                    return None;
+                }
+                let data = self.take_data(left);
+                let left = left - data.len() as u64;
+                self.framing = Framing::Chunked(if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                });
+                Some(Ok(Some(Frame::data(data))))
+            }
+            Chunk::DataEnd => {
+                if self.buf.len() < 2 {
+                    return None;
+                }
+                if &self.buf[..2] != b"\r\n" {
+                    return bad("a chunk's data is not followed by CRLF");
+                }
+                self.buf.advance(2);
+                self.framing = Framing::Chunked(Chunk::Size);
+                Some(Ok(None))
+            }
+            Chunk::Trailers => {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                match httparse::parse_headers(&self.buf, &mut fields) {
+                    Ok(httparse::Status::Partial) => {
+                        if self.buf.len() > MAX_HEAD {
+                            return bad("the trailer section is too large");
+                        }
+                        None
+                    }
+                    Err(e) => Some(Err(body_error(
+                        Cause::UpstreamBadResponse,
+                        format!("the trailer section does not parse: {e}"),
+                    ))),
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut trailers = HeaderMap::with_capacity(fields.len());
+                        for f in fields.iter() {
+                            if let (Ok(n), Ok(v)) = (
+                                HeaderName::from_bytes(f.name.as_bytes()),
+                                HeaderValue::from_bytes(f.value),
+                            ) {
+                                trailers.append(n, v);
+                            }
+                        }
+                        self.buf.advance(len);
+                        self.done();
+                        Some(Ok((!trailers.is_empty()).then(|| Frame::trailers(trailers))))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An I/O error inside a response body.
+fn io_error(e: &io::Error) -> BoxError {
+    body_error(Cause::of_io_error(e, Side::Upstream), e.to_string())
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if !this.buf.is_empty() {
+                        let data = this.take_data(left);
+                        let left = left - data.len() as u64;
+                        if left == 0 {
+                            this.done();
+                        } else {
+                            this.framing = Framing::Length(left);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if ready!(this.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(body_error(
+                            Cause::UpstreamClosedEarly,
+                            format!("the backend closed the connection with {left} body bytes still to come"),
+                        ))));
+                    }
+                }
+                Framing::UntilClose => {
+                    if !this.buf.is_empty() {
+                        let data = this.take_data(u64::MAX);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if ready!(this.poll_fill(cx))? == 0 {
+                        this.done();
+                        return Poll::Ready(None);
+                    }
+                }
+                Framing::Chunked(state) => match this.chunked_step(state) {
+                    Some(Ok(Some(frame))) => return Poll::Ready(Some(Ok(frame))),
+                    Some(Ok(None)) => {}
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    None => {
+                        if ready!(this.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(body_error(
+                                Cause::UpstreamClosedEarly,
+                                "the backend closed the connection inside a chunked body",
+                            ))));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! plumb's own HTTP/1.1 upstream exchange against a scripted backend on loopback: the
+//! bytes of the request, each framing of the response, when the connection may be
+//! used again, and the cause of each way it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use super::{encode_head, send, BodyError, RawBody, RawConn};
+use crate::cause::Cause;
+use crate::l7::client::{Sent, UpBody, UpResp};
+
+fn request(method: &str, target: &str) -> Request<UpBody> {
+    Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", "example.test")
+        .header("x-two", "a")
+        .header("x-two", "b")
+        .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())
+        .unwrap()
+}
+
+/// A connected pair: plumb's side as a `RawConn`, and the backend's socket.
+async fn pair() -> (RawConn, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (backend, _) = l.accept().await.unwrap();
+    (RawConn::new(Arc::new(client)), backend)
+}
+
+/// Reads one request head (up to the blank line) from the backend's side.
+async fn read_head(backend: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            backend.read(&mut byte).await.unwrap(),
+            1,
+            "request head cut short"
+        );
+        got.push(byte[0]);
+    }
+    got
+}
+
+async fn exchange(conn: &mut RawConn, method: &str, timeout: Duration) -> Sent {
+    send(
+        conn,
+        request(method, "/p?q=1"),
+        Instant::now(),
+        timeout,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+fn answered(sent: Sent) -> (hyper::http::response::Parts, RawBody) {
+    match sent {
+        Sent::Answered(resp) => {
+            let (parts, body) = resp.into_parts();
+            match body {
+                UpResp::Raw(b) => (parts, b),
+                UpResp::Hyper(_) => panic!("not read by plumb"),
+            }
+        }
+        Sent::Failed(c, t) => panic!("failed: {c}: {t}"),
+        Sent::Returned(_, c, t) => panic!("returned: {c}: {t}"),
+        Sent::Busy(_) => panic!("busy"),
+    }
+}
+
+fn failed(sent: Sent) -> (Cause, String) {
+    match sent {
+        Sent::Failed(c, t) => (c, t),
+        Sent::Answered(r) => panic!("answered {}", r.status()),
+        Sent::Returned(_, c, t) => panic!("returned: {c}: {t}"),
+        Sent::Busy(_) => panic!("busy"),
+    }
+}
+
+/// Sets the body's home to a slot the test can look into.
+fn homed(body: &mut RawBody) -> Arc<Mutex<Option<RawConn>>> {
+    let slot = Arc::new(Mutex::new(None));
+    let s = Arc::clone(&slot);
+    body.home(Box::new(move |c| *s.lock().unwrap() = Some(c)));
+    slot
+}
+
+fn went_home(slot: &Arc<Mutex<Option<RawConn>>>) -> Option<RawConn> {
+    slot.lock().unwrap().take()
+}
+
+fn cause_of(e: &(dyn std::error::Error + 'static)) -> Cause {
+    e.downcast_ref::<BodyError>().expect("a BodyError").cause
+}
+
+#[test]
+fn request_head_is_origin_form_http11_with_every_field() {
+    let mut buf = bytes::BytesMut::new();
+    encode_head(&mut buf, &request("GET", "/p?q=1"));
+    assert_eq!(
+        &buf[..],
+        b"GET /p?q=1 HTTP/1.1\r\nhost: example.test\r\nx-two: a\r\nx-two: b\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn length_framed_response_is_read_and_the_connection_reused() {
+    let (mut conn, mut backend) = pair().await;
+    for round in 0..2 {
+        let t = tokio::spawn(async move {
+            let head = read_head(&mut backend).await;
+            backend
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello")
+                .await
+                .unwrap();
+            (backend, head)
+        });
+        let (parts, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+        let slot = homed(&mut body);
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["x-a"], "b");
+        assert_eq!(parts.headers["content-length"], "5");
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"hello", "round {round}");
+        let (b, head) = t.await.unwrap();
+        backend = b;
+        assert!(head.starts_with(b"GET /p?q=1 HTTP/1.1\r\n"));
+        conn = went_home(&slot).expect("a framed response ends with the connection pooled");
+        assert!(conn.usable());
+    }
+}
+
+#[tokio::test]
+async fn chunked_response_is_decoded_with_its_trailers() {
+    let (mut conn, mut backend) = pair().await;
+    tokio::spawn(async move {
+        read_head(&mut backend).await;
+        // Content-Length beside chunked is wrong; the chunks decide and it is dropped.
+        backend
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5;ext=1\r\nhel")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        backend
+            .write_all(b"lo\r\nA\r\n, world!!!\r\n0\r\nX-Sum: 7\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (parts, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+    let slot = homed(&mut body);
+    assert!(!parts.headers.contains_key("content-length"));
+    let all = body.collect().await.unwrap();
+    assert_eq!(all.trailers().unwrap()["x-sum"], "7");
+    assert_eq!(&all.to_bytes()[..], b"hello, world!!!");
+    assert!(went_home(&slot).is_some());
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_bodiless_ones_end_at_once() {
+    let (mut conn, mut backend) = pair().await;
+    tokio::spawn(async move {
+        read_head(&mut backend).await;
+        backend
+            .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\nX-B: 1\r\n\r\n")
+            .await
+            .unwrap();
+        read_head(&mut backend).await;
+        backend
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (parts, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+    assert_eq!(parts.status, StatusCode::NO_CONTENT);
+    assert_eq!(parts.headers["x-b"], "1");
+    assert!(
+        !parts.headers.contains_key("link"),
+        "the 103's fields stay with it"
+    );
+    let slot = homed(&mut body);
+    let mut conn = went_home(&slot).expect("a 204 ends at once");
+    // A HEAD response announces a length it does not send.
+    let (parts, mut body) = answered(exchange(&mut conn, "HEAD", Duration::from_secs(5)).await);
+    assert_eq!(parts.headers["content-length"], "100");
+    assert!(hyper::body::Body::is_end_stream(&body));
+    let slot = homed(&mut body);
+    assert!(went_home(&slot).is_some());
+}
+
+#[tokio::test]
+async fn close_delimited_and_connection_close_responses_are_not_reused() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\n\r\nabc"[..],
+        &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc"[..],
+        &b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc"[..],
+        // Bytes after the response: something is wrong with this connection.
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1"[..],
+    ] {
+        let (mut conn, mut backend) = pair().await;
+        tokio::spawn(async move {
+            read_head(&mut backend).await;
+            backend.write_all(answer).await.unwrap();
+        });
+        let (_, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+        let slot = homed(&mut body);
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"abc");
+        assert!(
+            went_home(&slot).is_none(),
+            "{:?} must not be reused",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_close_inside_the_body_fails_it_as_closed_early() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"[..],
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"[..],
+    ] {
+        let (mut conn, mut backend) = pair().await;
+        tokio::spawn(async move {
+            read_head(&mut backend).await;
+            backend.write_all(answer).await.unwrap();
+        });
+        let (_, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+        let slot = homed(&mut body);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(&first.into_data().unwrap()[..], b"abc");
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(cause_of(e.as_ref()), Cause::UpstreamClosedEarly, "{e}");
+        assert!(went_home(&slot).is_none());
+    }
+}
+
+#[tokio::test]
+async fn broken_responses_are_bad_responses() {
+    for (answer, why) in [
+        (&b"SSH-2.0-OpenSSH\r\n\r\n"[..], "does not parse"),
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"[..],
+            "disagree",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n"[..],
+            "not a number",
+        ),
+        (
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"[..],
+            "asked for no upgrade",
+        ),
+    ] {
+        let (mut conn, mut backend) = pair().await;
+        tokio::spawn(async move {
+            read_head(&mut backend).await;
+            backend.write_all(answer).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (cause, text) = failed(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+        assert_eq!(cause, Cause::UpstreamBadResponse, "{text}");
+        assert!(text.contains(why), "{text:?} should say {why:?}");
+    }
+    // A broken chunk fails the body the same way.
+    let (mut conn, mut backend) = pair().await;
+    tokio::spawn(async move {
+        read_head(&mut backend).await;
+        backend
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (_, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+    let e = body.frame().await.unwrap().unwrap_err();
+    assert_eq!(cause_of(e.as_ref()), Cause::UpstreamBadResponse);
+}
+
+#[tokio::test]
+async fn no_head_in_time_is_a_response_timeout_and_a_close_is_closed_early() {
+    let (mut conn, mut backend) = pair().await;
+    let keep = tokio::spawn(async move {
+        read_head(&mut backend).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        backend
+    });
+    let t0 = Instant::now();
+    let (cause, text) = failed(exchange(&mut conn, "GET", Duration::from_millis(300)).await);
+    assert_eq!(cause, Cause::UpstreamResponseTimeout);
+    assert!(text.contains("300ms"), "{text}");
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    keep.abort();
+
+    let (mut conn, mut backend) = pair().await;
+    tokio::spawn(async move {
+        read_head(&mut backend).await;
+        drop(backend);
+    });
+    let (cause, _) = failed(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
+    assert_eq!(cause, Cause::UpstreamClosedEarly);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_backend_closed_or_wrote_to_is_not_usable() {
+    let (conn, backend) = pair().await;
+    assert!(conn.usable());
+    drop(backend);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!conn.usable(), "the backend's FIN went unnoticed");
+
+    let (conn, mut backend) = pair().await;
+    backend
+        .write_all(b"HTTP/1.1 408 Timeout\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!conn.usable(), "stray bytes went unnoticed");
+}
