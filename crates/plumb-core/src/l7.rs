@@ -134,7 +134,7 @@ impl Serve {
         let phase = if ctx.tls.is_none() {
             Phase::FirstByte { ctx, stream, reg }
         } else {
-            Phase::Served(served(ctx, stream, reg))
+            Phase::Served(served(ctx, stream, reg, None))
         };
         Serve {
             phase,
@@ -161,11 +161,13 @@ impl std::future::Future for Serve {
                             this.phase = Phase::FirstByte { ctx, stream, reg };
                             return Poll::Pending;
                         }
-                        Poll::Ready(false) => {
+                        Poll::Ready(None) => {
                             closed(&ctx, &reg, None);
                             return Poll::Ready(());
                         }
-                        Poll::Ready(true) => this.phase = Phase::Served(served(ctx, stream, reg)),
+                        Poll::Ready(Some(early)) => {
+                            this.phase = Phase::Served(served(ctx, stream, reg, Some(early)));
+                        }
                     }
                 }
                 Phase::Served(mut f) => {
@@ -181,8 +183,13 @@ impl std::future::Future for Serve {
     }
 }
 
-/// Ready(true) once a plain connection has a first byte to read (or an end of stream
-/// or an error, which are hyper's to read and report); Ready(false) once it is to be
+/// How much the first read of a plain connection takes: a whole request head,
+/// usually, so that hyper (its protocol detection, then its parser) is handed it
+/// without another system call.
+const FIRST_READ: usize = 4096;
+
+/// Ready(Some) once a plain connection's first bytes are read (or its end of stream
+/// or error, which are hyper's to see and report); Ready(None) once it is to be
 /// closed unserved: silent since accept for `header_read` (or the keep-alive idle
 /// time, if shorter, as any connection with nothing in flight), plumb draining, or an
 /// order to close.
@@ -191,21 +198,39 @@ fn poll_first_byte(
     ctx: &ListenerCtx,
     stream: &TcpStream,
     conn: &crate::conntable::Conn,
-) -> std::task::Poll<bool> {
+) -> std::task::Poll<Option<std::io::Result<Bytes>>> {
+    use std::io::ErrorKind::WouldBlock;
     use std::task::Poll;
     // A first byte that arrives with the deadline is served.
     while let Poll::Ready(r) = stream.poll_read_ready(cx) {
+        if let Err(e) = r {
+            conn.spoke();
+            return Poll::Ready(Some(Err(e)));
+        }
         // tokio may report a socket readable that is not (a fresh one often is):
-        // look without reading, and if nothing is there, let tokio forget the
-        // readiness and wait on.
-        let look = stream.try_io(tokio::io::Interest::READABLE, || {
-            plumb_sys::peek_now(stream)
+        // then nothing is read, tokio forgets the readiness, and the wait goes on. A
+        // read shorter than asked for emptied the socket: the readiness is cleared
+        // then too, so that hyper's next read waits instead of asking the kernel.
+        let mut first = bytes::BytesMut::with_capacity(FIRST_READ);
+        let mut drained = false;
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = stream.try_read_buf(&mut first)?;
+            if n > 0 && n < FIRST_READ {
+                drained = true;
+                return Err(WouldBlock.into());
+            }
+            Ok(n)
         });
-        match (r, look) {
-            (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+        match read {
+            Err(e) if e.kind() == WouldBlock && !drained => continue,
+            Err(e) if !drained => {
+                conn.spoke();
+                return Poll::Ready(Some(Err(e)));
+            }
+            // Bytes, or the end of the stream (nothing read: hyper reads it again).
             _ => {
                 conn.spoke();
-                return Poll::Ready(true);
+                return Poll::Ready(Some(Ok(first.freeze())));
             }
         }
     }
@@ -215,10 +240,10 @@ fn poll_first_byte(
     if conn.silent_too_long() {
         tracing::debug!(listener = %ctx.name, client.addr = %conn.client(), "closing a connection that sent nothing (header_read or keepalive_idle)");
         crate::sockopt::send_fin(stream);
-        return Poll::Ready(false);
+        return Poll::Ready(None);
     }
     if ordered || ctx.shared.draining.is_cancelled() {
-        return Poll::Ready(false);
+        return Poll::Ready(None);
     }
     Poll::Pending
 }
@@ -229,18 +254,21 @@ fn served(
     ctx: Arc<ListenerCtx>,
     stream: TcpStream,
     reg: crate::conntable::Registration,
+    early: Option<std::io::Result<Bytes>>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     let span = tracing::debug_span!("conn", listener = %ctx.name, client.addr = %reg.conn().client(), protocol = "http");
     Box::pin(tracing::Instrument::instrument(
-        serve_in_span(ctx, stream, reg),
+        serve_in_span(ctx, stream, reg, early),
         span,
     ))
 }
 
+/// `early`: a plain connection's first read.
 async fn serve_in_span(
     ctx: Arc<ListenerCtx>,
     stream: TcpStream,
     reg: crate::conntable::Registration,
+    early: Option<std::io::Result<Bytes>>,
 ) {
     let peer = reg.conn().client();
     let mut failed: Option<Cause> = None;
@@ -259,6 +287,7 @@ async fn serve_in_span(
             reg.conn().set_legs(Some(&stream), None);
             let client_io = io::ClientIo::new(
                 Arc::clone(&stream),
+                early,
                 Arc::clone(&watch),
                 Arc::clone(&ctx),
                 peer,
@@ -746,19 +775,16 @@ async fn handle_in_span(
             } else {
                 pool.http_idle.take(addr, settings.upstream.idle_timeout)
             };
+            // A kept-alive connection that cannot be handed over (not expected: the
+            // pool keeps none with bytes left over) is closed; a fresh one is made.
             let taken = match idle {
-                Some(up) => up
-                    .for_request(raw, addr, &settings)
-                    .await
-                    .map(|up| (up, true)),
-                None => client::connect(addr, &settings, raw)
-                    .await
-                    .map(|up| (up, false)),
+                Some(up) => up.for_request(raw, addr, &settings).await.ok(),
+                None => None,
             };
             let (mut tx, reused) = match taken {
-                Ok((up, true)) => (up, true),
-                fresh => match fresh {
-                    Ok((tx, _)) => {
+                Some(up) => (up, true),
+                None => match client::connect(addr, &settings, raw).await {
+                    Ok(tx) => {
                         pool.metrics
                             .connected(pool.name(), addr, t_attempt.elapsed());
                         exchange.with(|s| s.connect = Some(t_attempt.elapsed()));

@@ -16,6 +16,7 @@
 //! nothing followed it.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
@@ -34,9 +35,10 @@ use crate::cause::{Cause, Side};
 
 /// How much is read from a backend at a time.
 const READ_CHUNK: usize = 8 * 1024;
-/// The largest response head taken (hyper's client default is about 400 KiB; a head
-/// this large is a broken backend, not a real one).
-const MAX_HEAD: usize = 64 * 1024;
+/// The most bytes read while waiting for a response head, interim (1xx) responses
+/// included: hyper's client's default buffer limit (8 KiB + 100 x 4 KiB), which the
+/// requests with a body still go through.
+const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The most header fields in a response head or a trailer section.
 const MAX_FIELDS: usize = 100;
 /// The longest chunk-size line (with extensions).
@@ -143,65 +145,76 @@ pub(crate) async fn send(
     stall: Duration,
 ) -> Sent {
     encode_head(&mut conn.buf, &req);
+    let head_request = req.method() == Method::HEAD;
+    // The response-head timer runs from when the request counts as sent (no body:
+    // from the start), through the write too.
+    let deadline = tokio::time::sleep_until(sent_at + response_header);
+    tokio::pin!(deadline);
+    let timed_out = || {
+        Sent::Failed(
+            Cause::UpstreamResponseTimeout,
+            format!("no response head within {}ms", response_header.as_millis()),
+        )
+    };
     let mut off = 0;
     while off < conn.buf.len() {
         match conn.stream.try_write(&conn.buf[off..]) {
             Ok(n) => off += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if tokio::time::timeout(stall, conn.stream.writable())
-                    .await
-                    .is_err()
-                {
-                    return Sent::Failed(
-                        Cause::UpstreamIdleTimeout,
-                        format!(
-                            "the backend took no request bytes for {}ms",
-                            stall.as_millis()
-                        ),
-                    );
+                // Each wake is progress: the backend acknowledged bytes and freed
+                // room. No room for `stall` is a backend that stopped reading.
+                tokio::select! {
+                    r = tokio::time::timeout(stall, conn.stream.writable()) => {
+                        if r.is_err() {
+                            return Sent::Failed(
+                                Cause::UpstreamIdleTimeout,
+                                format!("the backend took no request bytes for {}ms", stall.as_millis()),
+                            );
+                        }
+                    }
+                    () = &mut deadline => return timed_out(),
                 }
             }
             Err(e) => {
                 let cause = before_response(&e);
                 let text = format!("writing the request: {e}");
+                if off == 0 {
+                    // Nothing of the request left: it can go elsewhere as it is.
+                    conn.buf.clear();
+                    return Sent::Returned(req, cause, text);
+                }
+                // A backend may answer a head it refuses (431, 400) and close before
+                // reading the rest: that answer is the one to pass on.
                 conn.buf.clear();
-                // Nothing of the request left: it can go elsewhere as it is.
-                return if off == 0 {
-                    Sent::Returned(req, cause, text)
-                } else {
-                    Sent::Failed(cause, text)
+                return match read_now(conn, head_request) {
+                    Some(answer) => answer,
+                    None => Sent::Failed(cause, text),
                 };
             }
         }
     }
     conn.buf.clear();
-    let head_request = req.method() == Method::HEAD;
     drop(req);
 
-    let deadline = tokio::time::sleep_until(sent_at + response_header);
-    tokio::pin!(deadline);
+    // Bytes taken while waiting for the final head (interim 1xx responses included):
+    // a backend that keeps sending without ever completing one is cut off.
+    let mut seen = 0usize;
     loop {
+        if deadline.is_elapsed() {
+            return timed_out();
+        }
         if !conn.buf.is_empty() {
             match parse_head(&mut conn.buf, head_request) {
-                Ok(Some((parts, framing, reusable))) => {
-                    let body = RawBody {
-                        stream: Arc::clone(&conn.stream),
-                        buf: std::mem::take(&mut conn.buf),
-                        framing,
-                        reusable,
-                        home: None,
-                    };
-                    return Sent::Answered(Response::from_parts(parts, UpResp::Raw(body)));
-                }
+                Ok(Some(head)) => return answer(conn, head),
                 Ok(None) => {}
                 Err(why) => return Sent::Failed(Cause::UpstreamBadResponse, why),
             }
-            if conn.buf.len() > MAX_HEAD {
-                return Sent::Failed(
-                    Cause::UpstreamBadResponse,
-                    format!("the response head is larger than {MAX_HEAD} bytes"),
-                );
-            }
+        }
+        if seen > MAX_HEAD {
+            return Sent::Failed(
+                Cause::UpstreamBadResponse,
+                format!("no complete response head in the first {MAX_HEAD} bytes"),
+            );
         }
         match read_some(&conn.stream, &mut conn.buf) {
             Ok(0) => {
@@ -214,7 +227,11 @@ pub(crate) async fn send(
                     },
                 )
             }
-            Ok(_) => {}
+            Ok(n) => {
+                seen += n;
+                // A backend that always has bytes would never let the task yield.
+                tokio::task::consume_budget().await;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tokio::select! {
                     r = conn.stream.readable() => {
@@ -222,16 +239,38 @@ pub(crate) async fn send(
                             return Sent::Failed(before_response(&e), e.to_string());
                         }
                     }
-                    () = &mut deadline => {
-                        return Sent::Failed(
-                            Cause::UpstreamResponseTimeout,
-                            format!("no response head within {}ms", response_header.as_millis()),
-                        );
-                    }
+                    () = &mut deadline => return timed_out(),
                 }
             }
             Err(e) => return Sent::Failed(before_response(&e), e.to_string()),
         }
+    }
+}
+
+/// The response head parsed: the body reads on from the connection's buffer.
+fn answer(conn: &mut RawConn, (parts, framing, reusable): Head) -> Sent {
+    let body = RawBody {
+        stream: Arc::clone(&conn.stream),
+        buf: std::mem::take(&mut conn.buf),
+        framing,
+        reusable,
+        home: None,
+    };
+    Sent::Answered(Response::from_parts(parts, UpResp::Raw(body)))
+}
+
+/// A complete response head already received, without waiting for more; the
+/// connection is not used again.
+fn read_now(conn: &mut RawConn, head_request: bool) -> Option<Sent> {
+    loop {
+        match read_some(&conn.stream, &mut conn.buf) {
+            Ok(n) if n > 0 && conn.buf.len() <= MAX_HEAD => {}
+            _ => break,
+        }
+    }
+    match parse_head(&mut conn.buf, head_request) {
+        Ok(Some((parts, framing, _))) => Some(answer(conn, (parts, framing, false))),
+        _ => None,
     }
 }
 
@@ -245,13 +284,22 @@ fn before_response(e: &io::Error) -> Cause {
 
 type Head = (hyper::http::response::Parts, Framing, bool);
 
+/// Which of the fields that decide framing and reuse a head has.
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
 /// Parses a response head at the start of `buf` and takes it off. Interim responses
 /// (1xx other than 101) are skipped. `Ok(None)`: more bytes are needed.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, String> {
+    let config = httparse::ParserConfig::default();
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut r = httparse::Response::new(&mut fields);
-        let len = match r.parse(buf) {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut r = httparse::Response::new(&mut []);
+        let len = match config.parse_response_with_uninit_headers(&mut r, buf, &mut fields) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("the response head does not parse: {e}")),
@@ -271,22 +319,44 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         } else {
             Version::HTTP_11
         };
+        // One allocation for all the values: the head is copied once and each value
+        // is a slice of the copy.
+        let copy = Bytes::copy_from_slice(&buf[..len]);
+        let base = buf.as_ptr() as usize;
+        let mut present = Present::default();
         let mut headers = HeaderMap::with_capacity(r.headers.len());
         for f in r.headers.iter() {
             let name = HeaderName::from_bytes(f.name.as_bytes())
                 .map_err(|_| format!("the response header name {:?} is not valid", f.name))?;
-            let value = HeaderValue::from_bytes(f.value)
-                .map_err(|_| format!("the value of response header {name} is not valid"))?;
+            let at = (f.value.as_ptr() as usize).wrapping_sub(base);
+            let value = if at < len && f.value.len() <= len - at {
+                HeaderValue::from_maybe_shared(copy.slice(at..at + f.value.len()))
+            } else {
+                HeaderValue::from_bytes(f.value)
+            }
+            .map_err(|_| format!("the value of response header {name} is not valid"))?;
+            if name == header::TRANSFER_ENCODING {
+                present.transfer_encoding = true;
+            } else if name == header::CONTENT_LENGTH {
+                present.content_length = true;
+            } else if name == header::CONNECTION {
+                present.connection = true;
+            }
             headers.append(name, value);
         }
         let reason = r.reason.filter(|r| Some(*r) != status.canonical_reason());
         let reason = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
         buf.advance(len);
 
-        let framing = framing(&mut headers, status, head_request)?;
+        let framing = framing(&mut headers, present, status, head_request)?;
+        // Transfer-Encoding with Content-Length is how responses are smuggled (RFC
+        // 9112 §6.3): read by the coding, and the connection is not used again.
+        let smuggling = present.transfer_encoding && present.content_length;
+        let close = present.connection && asks_close(&headers);
         let reusable = version == Version::HTTP_11
             && !matches!(framing, Framing::UntilClose)
-            && !asks_close(&headers);
+            && !smuggling
+            && !close;
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
@@ -310,13 +380,20 @@ fn asks_close(headers: &HeaderMap) -> bool {
 }
 
 /// How the response body ends (RFC 9112 §6.3).
-fn framing(headers: &mut HeaderMap, status: StatusCode, head: bool) -> Result<Framing, String> {
+fn framing(
+    headers: &mut HeaderMap,
+    present: Present,
+    status: StatusCode,
+    head: bool,
+) -> Result<Framing, String> {
     if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if present.transfer_encoding {
         // The coding decides; a Content-Length beside it is wrong and is not passed on.
-        headers.remove(header::CONTENT_LENGTH);
+        if present.content_length {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -328,6 +405,9 @@ fn framing(headers: &mut HeaderMap, status: StatusCode, head: bool) -> Result<Fr
             Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::UntilClose,
         });
+    }
+    if !present.content_length {
+        return Ok(Framing::UntilClose);
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -466,21 +546,8 @@ impl RawBody {
                     }
                     return None;
                 };
-                let line = &self.buf[..nl];
-                let Some(line) = line.strip_suffix(b"\r") else {
-                    return bad("a chunk-size line does not end in CRLF");
-                };
-                let digits = line
-                    .split(|&b| b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                let size = std::str::from_utf8(digits)
-                    .ok()
-                    .filter(|d| !d.is_empty() && d.len() <= 15)
-                    .and_then(|d| u64::from_str_radix(d, 16).ok());
-                let Some(size) = size else {
-                    return bad("a chunk size is not a hexadecimal number");
+                let Some(size) = chunk_size(&self.buf[..nl]) else {
+                    return bad("a chunk-size line is not hex digits, optional extensions, CRLF");
                 };
                 self.buf.advance(nl + 1);
                 self.framing = Framing::Chunked(if size == 0 {
@@ -545,6 +612,30 @@ impl RawBody {
             }
         }
     }
+}
+
+/// The size on a chunk-size line (without its LF): hex digits, then optional spaces
+/// or tabs, then optional `;` extensions, then CR. Strict, so that plumb reads a
+/// chunked body exactly as a careful backend or client would (no `+`, no bare CR).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r")?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
+    if digits == 0 || !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+        return None;
+    }
+    let significant = &line[line[..digits].iter().take_while(|&&b| b == b'0').count()..digits];
+    if significant.len() > 15 {
+        return None;
+    }
+    significant.iter().try_fold(0u64, |n, &b| {
+        let d = char::from(b).to_digit(16)?;
+        Some(n * 16 + u64::from(d))
+    })
 }
 
 /// An I/O error inside a response body.

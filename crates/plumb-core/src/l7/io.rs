@@ -292,6 +292,9 @@ pub(crate) struct SharedStream {
     pub(crate) socket: Arc<TcpStream>,
     stall: Option<Duration>,
     blocked: StallTimer,
+    /// What was read before hyper took the socket (a client's first bytes, or the
+    /// error that came instead), handed out before the socket is read again.
+    early: Option<io::Result<bytes::Bytes>>,
 }
 
 impl SharedStream {
@@ -301,6 +304,7 @@ impl SharedStream {
             socket,
             stall: None,
             blocked: StallTimer::default(),
+            early: None,
         }
     }
 
@@ -310,7 +314,14 @@ impl SharedStream {
             socket,
             stall: Some(stall),
             blocked: StallTimer::default(),
+            early: None,
         }
+    }
+
+    /// Reads hand out `early` first.
+    pub(crate) fn with_early(mut self, early: Option<io::Result<bytes::Bytes>>) -> SharedStream {
+        self.early = early;
+        self
     }
 
     /// A write could not go out: pending until the stall bound (if any) runs out.
@@ -342,12 +353,27 @@ impl AsyncRead for SharedStream {
         // means the socket's receive queue is empty: the closure then reports
         // WouldBlock so that tokio forgets the readiness (as its own `TcpStream`
         // does), and the bytes read are returned all the same.
+        let this = self.get_mut();
+        match this.early.take() {
+            None => {}
+            Some(Err(e)) => return Poll::Ready(Err(e)),
+            Some(Ok(mut early)) if !early.is_empty() => {
+                let n = early.len().min(buf.remaining());
+                buf.put_slice(&early.split_to(n));
+                if !early.is_empty() {
+                    this.early = Some(Ok(early));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // The end of the stream: the socket says it again.
+            Some(Ok(_)) => {}
+        }
         let want = buf.remaining();
         loop {
-            ready!(self.socket.poll_read_ready(cx))?;
+            ready!(this.socket.poll_read_ready(cx))?;
             let mut drained = false;
-            let read = self.socket.try_io(tokio::io::Interest::READABLE, || {
-                let n = plumb_sys::recv_into(&*self.socket, buf)?;
+            let read = this.socket.try_io(tokio::io::Interest::READABLE, || {
+                let n = plumb_sys::recv_into(&*this.socket, buf)?;
                 if n > 0 && n < want {
                     drained = true;
                     return Err(io::ErrorKind::WouldBlock.into());
@@ -430,14 +456,16 @@ pub(crate) struct ClientIo {
 }
 
 impl ClientIo {
+    /// `early`: what the first-byte wait read (bytes, or the error that came).
     pub(crate) fn new(
         stream: Arc<TcpStream>,
+        early: Option<io::Result<bytes::Bytes>>,
         watch: Arc<HeadWatch>,
         ctx: Arc<crate::listener::ListenerCtx>,
         peer: std::net::SocketAddr,
     ) -> ClientIo {
         ClientIo {
-            inner: Watched::new(SharedStream::new(stream), watch),
+            inner: Watched::new(SharedStream::new(stream).with_early(early), watch),
             ctx,
             peer,
             rewritten: None,
@@ -561,5 +589,68 @@ impl AsyncWrite for ClientIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::SharedStream;
+
+    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (theirs, _) = l.accept().await.unwrap();
+        (Arc::new(ours), theirs)
+    }
+
+    #[tokio::test]
+    async fn early_bytes_come_first_in_pieces_then_the_socket() {
+        let (ours, mut theirs) = pair().await;
+        let mut s = SharedStream::new(ours).with_early(Some(Ok(bytes::Bytes::from_static(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nrest",
+        ))));
+        // hyper's version check asks for 24 bytes, then its parser for more.
+        let mut first = [0u8; 24];
+        s.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        theirs.write_all(b" and more").await.unwrap();
+        let mut next = [0u8; 64];
+        let n = s.read(&mut next).await.unwrap();
+        assert_eq!(
+            &next[..n],
+            b"rest",
+            "the early bytes end before the socket's"
+        );
+        let mut tail = [0u8; 9];
+        s.read_exact(&mut tail).await.unwrap();
+        assert_eq!(&tail, b" and more");
+    }
+
+    #[tokio::test]
+    async fn an_early_error_is_returned_once_and_an_early_end_is_read_again() {
+        let (ours, theirs) = pair().await;
+        let mut s = SharedStream::new(Arc::clone(&ours))
+            .with_early(Some(Err(std::io::ErrorKind::ConnectionReset.into())));
+        let mut buf = [0u8; 8];
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+        drop(theirs);
+        assert_eq!(
+            s.read(&mut buf).await.unwrap(),
+            0,
+            "then the socket: its FIN"
+        );
+
+        let (ours, theirs) = pair().await;
+        drop(theirs);
+        let mut s = SharedStream::new(ours).with_early(Some(Ok(bytes::Bytes::new())));
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
     }
 }
