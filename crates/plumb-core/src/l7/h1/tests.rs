@@ -52,6 +52,25 @@ async fn read_head(backend: &mut TcpStream) -> Vec<u8> {
     got
 }
 
+/// Plays the backend: for each exchange, reads one request head and writes the
+/// answer's pieces 20 ms apart; then closes (`close`) or holds the connection for 5 s.
+fn script(mut backend: TcpStream, exchanges: Vec<Vec<&'static [u8]>>, close: bool) {
+    tokio::spawn(async move {
+        for pieces in exchanges {
+            read_head(&mut backend).await;
+            for (i, piece) in pieces.into_iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                backend.write_all(piece).await.unwrap();
+            }
+        }
+        if !close {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
+
 async fn exchange(conn: &mut RawConn, method: &str, timeout: Duration) -> Sent {
     send(
         conn,
@@ -142,20 +161,15 @@ async fn length_framed_response_is_read_and_the_connection_reused() {
 
 #[tokio::test]
 async fn chunked_response_is_decoded_with_its_trailers() {
-    let (mut conn, mut backend) = pair().await;
-    tokio::spawn(async move {
-        read_head(&mut backend).await;
-        backend
-            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        backend
-            .write_all(b"lo\r\nA\r\n, world!!!\r\n0\r\nX-Sum: 7\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    });
+    let (mut conn, backend) = pair().await;
+    script(
+        backend,
+        vec![vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel",
+            b"lo\r\nA\r\n, world!!!\r\n0\r\nX-Sum: 7\r\n\r\n",
+        ]],
+        false,
+    );
     let (_, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
     let slot = homed(&mut body);
     let all = body.collect().await.unwrap();
@@ -166,20 +180,15 @@ async fn chunked_response_is_decoded_with_its_trailers() {
 
 #[tokio::test]
 async fn interim_responses_are_skipped_and_bodiless_ones_end_at_once() {
-    let (mut conn, mut backend) = pair().await;
-    tokio::spawn(async move {
-        read_head(&mut backend).await;
-        backend
-            .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\nX-B: 1\r\n\r\n")
-            .await
-            .unwrap();
-        read_head(&mut backend).await;
-        backend
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    });
+    let (mut conn, backend) = pair().await;
+    script(
+        backend,
+        vec![
+            vec![b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\nX-B: 1\r\n\r\n"],
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"],
+        ],
+        false,
+    );
     let (parts, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
     assert_eq!(parts.status, StatusCode::NO_CONTENT);
     assert_eq!(parts.headers["x-b"], "1");
@@ -209,11 +218,8 @@ async fn close_delimited_and_connection_close_responses_are_not_reused() {
         // reused (how responses are smuggled).
         &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
     ] {
-        let (mut conn, mut backend) = pair().await;
-        tokio::spawn(async move {
-            read_head(&mut backend).await;
-            backend.write_all(answer).await.unwrap();
-        });
+        let (mut conn, backend) = pair().await;
+        script(backend, vec![vec![answer]], true);
         let (parts, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
         if parts.headers.contains_key("transfer-encoding") {
             assert!(!parts.headers.contains_key("content-length"));
@@ -235,11 +241,8 @@ async fn a_close_inside_the_body_fails_it_as_closed_early() {
         &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"[..],
         &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"[..],
     ] {
-        let (mut conn, mut backend) = pair().await;
-        tokio::spawn(async move {
-            read_head(&mut backend).await;
-            backend.write_all(answer).await.unwrap();
-        });
+        let (mut conn, backend) = pair().await;
+        script(backend, vec![vec![answer]], true);
         let (_, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
         let slot = homed(&mut body);
         let first = body.frame().await.unwrap().unwrap();
@@ -267,26 +270,21 @@ async fn broken_responses_are_bad_responses() {
             "asked for no upgrade",
         ),
     ] {
-        let (mut conn, mut backend) = pair().await;
-        tokio::spawn(async move {
-            read_head(&mut backend).await;
-            backend.write_all(answer).await.unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+        let (mut conn, backend) = pair().await;
+        script(backend, vec![vec![answer]], false);
         let (cause, text) = failed(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
         assert_eq!(cause, Cause::UpstreamBadResponse, "{text}");
         assert!(text.contains(why), "{text:?} should say {why:?}");
     }
     // A broken chunk fails the body the same way.
-    let (mut conn, mut backend) = pair().await;
-    tokio::spawn(async move {
-        read_head(&mut backend).await;
-        backend
-            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    });
+    let (mut conn, backend) = pair().await;
+    script(
+        backend,
+        vec![vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ]],
+        false,
+    );
     let (_, mut body) = answered(exchange(&mut conn, "GET", Duration::from_secs(5)).await);
     let e = body.frame().await.unwrap().unwrap_err();
     assert_eq!(cause_of(e.as_ref()), Cause::UpstreamBadResponse);
