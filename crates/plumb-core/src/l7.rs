@@ -212,23 +212,15 @@ fn poll_first_byte(
         // read shorter than asked for emptied the socket: the readiness is cleared
         // then too, so that hyper's next read waits instead of asking the kernel.
         let mut first = bytes::BytesMut::with_capacity(FIRST_READ);
-        let mut drained = false;
-        let read = stream.try_io(tokio::io::Interest::READABLE, || {
-            let n = stream.try_read_buf(&mut first)?;
-            if n > 0 && n < FIRST_READ {
-                drained = true;
-                return Err(WouldBlock.into());
-            }
-            Ok(n)
-        });
+        let read = io::read_drained(stream, FIRST_READ, || stream.try_read_buf(&mut first));
         match read {
-            Err(e) if e.kind() == WouldBlock && !drained => continue,
-            Err(e) if !drained => {
+            Err(e) if e.kind() == WouldBlock => continue,
+            Err(e) => {
                 conn.spoke();
                 return Poll::Ready(Some(Err(e)));
             }
             // Bytes, or the end of the stream (nothing read: hyper reads it again).
-            _ => {
+            Ok(_) => {
                 conn.spoke();
                 return Poll::Ready(Some(Ok(first.freeze())));
             }
@@ -1012,13 +1004,7 @@ fn respond(
         && (no_body
             || parts.headers.contains_key(header::CONTENT_LENGTH)
             || parts.headers.contains_key(header::TRANSFER_ENCODING))
-        && !parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        && !headers::lists(&parts.headers, &header::CONNECTION, "close");
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts.headers.insert(rid_header(ctx), request_id.clone());
     let keep = Arc::clone(pool);

@@ -329,20 +329,7 @@ async fn send_hyper(
 /// The cause of an upstream hyper error, found by walking `source()`.
 pub(crate) fn cause_of(e: &hyper::Error) -> Cause {
     if let Some(io) = find_io(e) {
-        if crate::cause::WriteStalled::found_in(io) {
-            // The backend stopped taking the request (its window stayed shut).
-            return Cause::UpstreamIdleTimeout;
-        }
-        return match io.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => Cause::UpstreamResetBeforeResponse,
-            io::ErrorKind::TimedOut => Cause::UpstreamTcpTimeout,
-            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-                Cause::UpstreamUnreachable
-            }
-            _ => Cause::UpstreamIoError,
-        };
+        return before_response(io);
     }
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         Cause::UpstreamClosedEarly
@@ -352,6 +339,16 @@ pub(crate) fn cause_of(e: &hyper::Error) -> Cause {
         Cause::UpstreamResponseTimeout
     } else {
         Cause::UpstreamIoError
+    }
+}
+
+/// The cause of an I/O error on the backend leg before a response head: a reset is
+/// `upstream_reset_before_response`; a write the backend stopped taking (its window
+/// stayed shut) its idle timeout.
+pub(crate) fn before_response(e: &io::Error) -> Cause {
+    match Cause::of_io_error(e, crate::cause::Side::Upstream) {
+        Cause::UpstreamReset => Cause::UpstreamResetBeforeResponse,
+        other => other,
     }
 }
 

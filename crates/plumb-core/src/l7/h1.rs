@@ -26,11 +26,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::client::{BoxError, Sent, UpBody, UpResp};
+use super::client::{before_response, BoxError, Sent, UpBody, UpResp};
+use super::io::read_drained;
 use crate::cause::{Cause, Side};
 
 /// How much is read from a backend at a time.
@@ -88,26 +88,11 @@ impl RawConn {
     }
 }
 
-/// Reads what the socket has into `buf`. A read that returns less than there was
-/// room for emptied the socket: its readiness is cleared then, so the next read
-/// waits for the reactor instead of making a system call that would find nothing
-/// (tokio's own `poll_read` does the same).
+/// Reads what the socket has into `buf` (see [`read_drained`]).
 fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     buf.reserve(READ_CHUNK);
     let room = buf.capacity() - buf.len();
-    let mut got = 0;
-    let r = stream.try_io(Interest::READABLE, || {
-        got = stream.try_read_buf(buf)?;
-        if got > 0 && got < room {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(got)
-        }
-    });
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        r => r,
-    }
+    read_drained(stream, room, || stream.try_read_buf(buf))
 }
 
 /// Writes the request head for `req` (origin-form target, HTTP/1.1, its fields as
@@ -274,14 +259,6 @@ fn read_now(conn: &mut RawConn, head_request: bool) -> Option<Sent> {
     }
 }
 
-/// The cause of an I/O error before the response head.
-fn before_response(e: &io::Error) -> Cause {
-    match Cause::of_io_error(e, Side::Upstream) {
-        Cause::UpstreamReset => Cause::UpstreamResetBeforeResponse,
-        other => other,
-    }
-}
-
 type Head = (hyper::http::response::Parts, Framing, bool);
 
 /// Which of the fields that decide framing and reuse a head has.
@@ -352,7 +329,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         // Transfer-Encoding with Content-Length is how responses are smuggled (RFC
         // 9112 §6.3): read by the coding, and the connection is not used again.
         let smuggling = present.transfer_encoding && present.content_length;
-        let close = present.connection && asks_close(&headers);
+        let close =
+            present.connection && super::headers::lists(&headers, &header::CONNECTION, "close");
         let reusable = version == Version::HTTP_11
             && !matches!(framing, Framing::UntilClose)
             && !smuggling
@@ -367,16 +345,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         let (parts, ()) = resp.into_parts();
         return Ok(Some((parts, framing, reusable)));
     }
-}
-
-/// Whether a `Connection` field lists `close`.
-fn asks_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// How the response body ends (RFC 9112 §6.3).
@@ -394,13 +362,9 @@ fn framing(
         if present.content_length {
             headers.remove(header::CONTENT_LENGTH);
         }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
+        let last = super::headers::tokens(headers, &header::TRANSFER_ENCODING)
+            .filter(|t| !t.is_empty())
+            .last();
         return Ok(match last {
             Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::UntilClose,

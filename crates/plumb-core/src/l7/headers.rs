@@ -50,12 +50,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if found[0] {
         // The usual tokens name no header of their own (`close`) or one removed
         // below anyway (`keep-alive`, `upgrade`): only others are looked up.
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        let named: Vec<HeaderName> = tokens(h, &header::CONNECTION)
             .filter(|t| {
                 !["keep-alive", "close", "upgrade", ""]
                     .iter()
@@ -83,12 +78,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
 pub(crate) fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    h.contains_key(header::UPGRADE) && lists(h, &header::CONNECTION, "upgrade")
+}
+
+/// The tokens of a comma-separated list field (`Connection`, `Transfer-Encoding`),
+/// over all its lines, trimmed, in order.
+pub(crate) fn tokens<'a>(h: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Whether a list field names `token` (case-insensitive).
+pub(crate) fn lists(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    tokens(h, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// One client connection's part of the forwarding headers, made once per

@@ -371,18 +371,9 @@ impl AsyncRead for SharedStream {
         let want = buf.remaining();
         loop {
             ready!(this.socket.poll_read_ready(cx))?;
-            let mut drained = false;
-            let read = this.socket.try_io(tokio::io::Interest::READABLE, || {
-                let n = plumb_sys::recv_into(&*this.socket, buf)?;
-                if n > 0 && n < want {
-                    drained = true;
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            match read {
+            let socket = &this.socket;
+            match read_drained(socket, want, || plumb_sys::recv_into(&**socket, buf)) {
                 Ok(_) => return Poll::Ready(Ok(())),
-                Err(_) if drained => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -440,6 +431,30 @@ impl AsyncWrite for SharedStream {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let _ = plumb_sys::shutdown_write(&*self.socket);
         Poll::Ready(Ok(()))
+    }
+}
+
+/// One read from `stream` by `read` (which returns the count), with room for `room`
+/// bytes. A read shorter than that emptied the socket: tokio's readiness is cleared
+/// then (as its own `TcpStream::poll_read` does), so that the next read waits for the
+/// reactor instead of making a system call that can only say "would block". The
+/// bytes read are returned all the same. `WouldBlock`: nothing was there.
+pub(crate) fn read_drained(
+    stream: &TcpStream,
+    room: usize,
+    read: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut got = 0;
+    let r = stream.try_io(tokio::io::Interest::READABLE, || {
+        got = read()?;
+        if got > 0 && got < room {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
     }
 }
 
