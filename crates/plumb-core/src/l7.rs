@@ -12,7 +12,7 @@
 
 mod body;
 pub(crate) mod client;
-mod h1;
+pub(crate) mod h1;
 pub(crate) mod headers;
 mod io;
 pub(crate) mod route;
@@ -657,33 +657,22 @@ async fn handle_in_span(
     let upgrade = req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let mut head = parts.headers;
-    // Room for what plumb adds (X-Forwarded-For, X-Forwarded-Proto, Forwarded, the
-    // request id, Host): one growth of the map instead of several.
-    head.reserve(5);
-    headers::strip_hop_by_hop(&mut head, upgrade);
-    headers::add_forwarded(&mut head, &conn.forwarded, host_raw);
-    head.insert(rid_header(&ctx), request_id.clone());
-    // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113
-    // §8.2.3).
-    if version == "HTTP/2.0" && head.get_all(header::COOKIE).iter().count() > 1 {
-        let joined = head
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if let Ok(v) = HeaderValue::from_str(&joined) {
-            head.insert(header::COOKIE, v);
-        }
-    }
     // The backend sees the host the request was routed by (already there when it
-    // came from the one Host header).
-    if !(host_from_header && !host_raw.is_empty() && head.contains_key(header::HOST)) {
-        if let Ok(v) = HeaderValue::from_str(host_raw) {
-            head.insert(header::HOST, v);
-        }
-    }
+    // came from the one Host header), and one Cookie line where HTTP/2 split them.
+    let set_host =
+        !(host_from_header && !host_raw.is_empty() && parts.headers.contains_key(header::HOST));
+    let rewrite = headers::Rewrite::new(
+        &parts.headers,
+        upgrade,
+        &conn.forwarded,
+        host_raw,
+        (rid_header(&ctx), request_id.clone()),
+        set_host.then(|| match &host_val {
+            Some(v) if !host_raw.is_empty() => v.clone(),
+            _ => HeaderValue::from_static(""),
+        }),
+        version == "HTTP/2.0",
+    );
     let uri: Uri = parts
         .uri
         .path_and_query()
@@ -719,7 +708,9 @@ async fn handle_in_span(
     let raw = bodyless && client_upgrade.is_none();
     let settings = pool.settings();
     conn.watch.set_write_stall(settings.timeouts.idle);
-    let mut body_slot: Option<UpBody> = Some(
+    // A bodyless request is made again from its head on each attempt: only a body
+    // (hyper's client streams it) has to be carried from one attempt to the next.
+    let mut body_slot: Option<UpBody> = (!raw).then(|| {
         Tracked::new(
             body,
             settings.timeouts.idle,
@@ -727,15 +718,15 @@ async fn handle_in_span(
             Arc::clone(&exchange),
         )
         .limit(ctx.settings.max_body_bytes)
-        .boxed_unsync(),
-    );
-    let build = |body: UpBody| -> Request<UpBody> {
-        let mut r = Request::new(body);
-        *r.method_mut() = method.clone();
-        *r.uri_mut() = uri.clone();
-        *r.version_mut() = Version::HTTP_11;
-        *r.headers_mut() = head.clone();
-        r
+        .boxed_unsync()
+    });
+    let up_head = client::UpHead {
+        method: &method,
+        uri: &uri,
+        fields: headers::Upstream {
+            fields: &parts.headers,
+            rewrite: &rewrite,
+        },
     };
 
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -753,10 +744,15 @@ async fn handle_in_span(
         let addr = guard.backend().addr();
         tracing::Span::current().record("backend.addr", tracing::field::display(addr));
         tried.push(addr);
-        let Some(body) = body_slot.take().or_else(|| bodyless.then(empty)) else {
-            break; // The body is gone with an earlier attempt: nothing left to send.
+        // `None`: plumb writes the request from `up_head` itself.
+        let mut req: Option<Request<UpBody>> = if raw {
+            None
+        } else {
+            let Some(body) = body_slot.take().or_else(|| bodyless.then(empty)) else {
+                break; // The body is gone with an earlier attempt: nothing left to send.
+            };
+            Some(up_head.to_request(body))
         };
-        let mut req = build(body);
         let mut fresh_retry_done = false;
         let mut skip_idle = false;
         loop {
@@ -770,12 +766,12 @@ async fn handle_in_span(
             // A kept-alive connection that cannot be handed over (not expected: the
             // pool keeps none with bytes left over) is closed; a fresh one is made.
             let taken = match idle {
-                Some(up) => up.for_request(raw, addr, &settings).await.ok(),
+                Some(up) => up.for_request(req.is_none(), addr, &settings).await.ok(),
                 None => None,
             };
             let (mut tx, reused) = match taken {
                 Some(up) => (up, true),
-                None => match client::connect(addr, &settings, raw).await {
+                None => match client::connect(addr, &settings, req.is_none()).await {
                     Ok(tx) => {
                         pool.metrics
                             .connected(pool.name(), addr, t_attempt.elapsed());
@@ -786,7 +782,7 @@ async fn handle_in_span(
                         pool.report_failure(guard.backend(), e.cause);
                         record_attempt(&exchange, addr, e.cause, t_attempt);
                         last = Some((e.cause, e.source.to_string()));
-                        body_slot = Some(req.into_body());
+                        body_slot = req.map(Request::into_body);
                         break;
                     }
                 },
@@ -796,7 +792,7 @@ async fn handle_in_span(
             conn.table.set_legs(None, Some(tx.stream()));
             let abort = guard.backend().abort_token();
             let sent = tokio::select! {
-                s = client::send(&mut tx, req, settings.timeouts.response_header, settings.timeouts.idle, &exchange, reused) => s,
+                s = client::send(&mut tx, req, up_head, settings.timeouts.response_header, settings.timeouts.idle, &exchange, reused) => s,
                 () = abort.cancelled() => Sent::Failed(
                     guard.backend().abort_cause(),
                     "the backend was drained or marked down while the request waited".to_string(),
@@ -839,7 +835,7 @@ async fn handle_in_span(
                         });
                     }
                     skip_idle = true;
-                    req = back;
+                    req = Some(back);
                     continue;
                 }
                 Sent::Returned(back, cause, text) if reused && !fresh_retry_done => {
@@ -861,7 +857,7 @@ async fn handle_in_span(
                     pool.report_failure(guard.backend(), cause);
                     record_attempt(&exchange, addr, cause, t_attempt);
                     last = Some((cause, text));
-                    body_slot = Some(back.into_body());
+                    body_slot = back.map(Request::into_body);
                     break;
                 }
                 Sent::Failed(cause, text) => {
@@ -893,7 +889,7 @@ async fn handle_in_span(
                             .take(addr, settings.upstream.idle_timeout)
                             .is_some()
                         {}
-                        req = build(empty());
+                        req = (!raw).then(|| up_head.to_request(empty()));
                         continue;
                     }
                     if !matches!(

@@ -29,8 +29,48 @@ pub mod upstream;
 /// API: names and signatures follow the data plane.
 #[doc(hidden)]
 pub mod hot {
-    pub use crate::l7::headers::{add_forwarded, request_id, strip_hop_by_hop, ForwardedFor};
+    pub use crate::l7::headers::{request_id, strip_hop_by_hop, ForwardedFor};
     pub use crate::l7::route::{first_match, has_dot_segments, normalize_host};
+
+    /// A request's rewrite for upstream (hop-by-hop fields out, forwarding fields
+    /// and the request id in), written as plumb's own HTTP/1.1 path writes it.
+    pub fn upstream_head(
+        buf: &mut bytes::BytesMut,
+        head: &hyper::http::request::Parts,
+        client: &ForwardedFor,
+        host: &str,
+        rid: (hyper::header::HeaderName, hyper::header::HeaderValue),
+    ) {
+        let rewrite =
+            crate::l7::headers::Rewrite::new(&head.headers, false, client, host, rid, None, false);
+        crate::l7::h1::encode_head(
+            buf,
+            crate::l7::client::UpHead {
+                method: &head.method,
+                uri: &head.uri,
+                fields: crate::l7::headers::Upstream {
+                    fields: &head.headers,
+                    rewrite: &rewrite,
+                },
+            },
+        );
+    }
+
+    /// The same rewrite as the map hyper's client sends (requests with a body).
+    pub fn upstream_map(
+        head: &hyper::http::request::Parts,
+        client: &ForwardedFor,
+        host: &str,
+        rid: (hyper::header::HeaderName, hyper::header::HeaderValue),
+    ) -> hyper::HeaderMap {
+        let rewrite =
+            crate::l7::headers::Rewrite::new(&head.headers, false, client, host, rid, None, false);
+        crate::l7::headers::Upstream {
+            fields: &head.headers,
+            rewrite: &rewrite,
+        }
+        .to_map()
+    }
 }
 
 /// A hash map for keys plumb itself chooses (backend addresses, pool names,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use plumb_config::model;
 
 use super::h1::{RawBody, RawConn};
+use super::headers::Upstream;
 use crate::cause::Cause;
 use crate::upstream;
 use crate::FastMap;
@@ -40,6 +41,27 @@ use crate::FastMap;
 pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Errors inside bodies.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A request's head as it goes upstream: origin-form target, HTTP/1.1, and the
+/// client's fields as plumb rewrites them. plumb's own path writes it out as it is;
+/// hyper's client gets a [`Request`] made of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpHead<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) fields: Upstream<'a>,
+}
+
+impl UpHead<'_> {
+    pub(crate) fn to_request(self, body: UpBody) -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = Version::HTTP_11;
+        *r.headers_mut() = self.fields.to_map();
+        r
+    }
+}
 
 /// Idle kept-alive connections, by backend.
 #[derive(Debug, Default)]
@@ -238,8 +260,8 @@ pub(crate) enum Sent {
     /// A response head arrived.
     Answered(Response<UpResp>),
     /// The request never left: the connection was already closed. It can be sent
-    /// again, body and all.
-    Returned(Request<UpBody>, Cause, String),
+    /// again, body and all (`None`: it had no body, and is made again from its head).
+    Returned(Option<Request<UpBody>>, Cause, String),
     /// It may have reached the backend; no response head came.
     Failed(Cause, String),
     /// The kept-alive connection had not finished its last exchange in time (hyper
@@ -248,24 +270,36 @@ pub(crate) enum Sent {
     Busy(Request<UpBody>),
 }
 
-/// Sends `req` on `up`, waiting at most `response_header` for the response head (from
-/// when the request has been sent); a write the backend does not take for `stall`
-/// fails.
+/// Sends a request on `up`: `req` when it has a body or an upgrade (a connection
+/// taken for it with `raw` false, so hyper's), else the bodyless request `head`.
+/// Waits at most `response_header` for the response head (from when the request has
+/// been sent); a write the backend does not take for `stall` fails.
 pub(crate) async fn send(
     up: &mut UpConn,
-    req: Request<UpBody>,
+    req: Option<Request<UpBody>>,
+    head: UpHead<'_>,
     response_header: Duration,
     stall: Duration,
     exchange: &super::body::Exchange,
     reused: bool,
 ) -> Sent {
-    match up {
-        UpConn::Raw(raw) => {
+    match (up, req) {
+        (UpConn::Raw(raw), None) => {
             // No body: the request counts as sent from the start.
             let sent_at = exchange.request_sent_at().unwrap_or_else(Instant::now);
-            super::h1::send(raw, req, sent_at, response_header, stall).await
+            super::h1::send(raw, head, sent_at, response_header, stall).await
         }
-        UpConn::Hyper(h) => send_hyper(&mut h.tx, req, response_header, exchange, reused).await,
+        (UpConn::Hyper(h), req) => {
+            let req = req.unwrap_or_else(|| head.to_request(super::empty()));
+            send_hyper(&mut h.tx, req, response_header, exchange, reused).await
+        }
+        // Not reached: `for_request` and `connect` give a request with a body
+        // hyper's connections only. Were it, the request goes back untouched.
+        (UpConn::Raw(_), Some(req)) => Sent::Returned(
+            Some(req),
+            Cause::UpstreamConnectError,
+            "a request with a body offered to a connection without hyper's client".into(),
+        ),
     }
 }
 
@@ -293,7 +327,7 @@ async fn send_hyper(
             .map_err(|_| "connection closed before the request")
     };
     if let Err(why) = ready {
-        return Sent::Returned(req, Cause::UpstreamClosedEarly, why.to_string());
+        return Sent::Returned(Some(req), Cause::UpstreamClosedEarly, why.to_string());
     }
     // The response-head timer starts once the whole request has gone upstream: a
     // client still uploading is bounded by the body idle timer, and a slow upload is
@@ -319,7 +353,7 @@ async fn send_hyper(
             let cause = cause_of(e.error());
             let text = describe(e.error());
             match e.take_message() {
-                Some(req) => Sent::Returned(req, cause, text),
+                Some(req) => Sent::Returned(Some(req), cause, text),
                 None => Sent::Failed(cause, text),
             }
         }

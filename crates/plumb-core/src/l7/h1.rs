@@ -25,11 +25,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::client::{before_response, BoxError, Sent, UpBody, UpResp};
+use super::client::{before_response, BoxError, Sent, UpHead, UpResp};
 use super::io::read_drained;
 use crate::cause::{Cause, Side};
 
@@ -95,22 +95,18 @@ fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     read_drained(stream, room, || stream.try_read_buf(buf))
 }
 
-/// Writes the request head for `req` (origin-form target, HTTP/1.1, its fields as
-/// they are) into `buf`.
-fn encode_head(buf: &mut BytesMut, req: &Request<UpBody>) {
+/// Writes `head` (origin-form target, HTTP/1.1, its fields as plumb rewrites them)
+/// into `buf`.
+pub(crate) fn encode_head(buf: &mut BytesMut, head: UpHead<'_>) {
     buf.clear();
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let fields: usize = req
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    buf.reserve(req.method().as_str().len() + target.len() + fields + 16);
-    buf.extend_from_slice(req.method().as_str().as_bytes());
+    let method = head.method.as_str();
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    buf.reserve(method.len() + target.len() + head.fields.len_bound() + 16);
+    buf.extend_from_slice(method.as_bytes());
     buf.extend_from_slice(b" ");
     buf.extend_from_slice(target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    for (name, value) in head.fields.iter() {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
@@ -119,18 +115,18 @@ fn encode_head(buf: &mut BytesMut, req: &Request<UpBody>) {
     buf.extend_from_slice(b"\r\n");
 }
 
-/// Sends `req` (which has no body) on `conn` and reads the response head, waiting for
+/// Sends the bodyless request `head` on `conn` and reads the response head, waiting for
 /// it at most `response_header` from `sent_at`. A write the backend does not take for
 /// `stall` fails as its idle timeout.
 pub(crate) async fn send(
     conn: &mut RawConn,
-    req: Request<UpBody>,
+    head: UpHead<'_>,
     sent_at: Instant,
     response_header: Duration,
     stall: Duration,
 ) -> Sent {
-    encode_head(&mut conn.buf, &req);
-    let head_request = req.method() == Method::HEAD;
+    encode_head(&mut conn.buf, head);
+    let head_request = head.method == Method::HEAD;
     // The response-head timer runs from when the request counts as sent (no body:
     // from the start), through the write too.
     let deadline = tokio::time::sleep_until(sent_at + response_header);
@@ -166,7 +162,7 @@ pub(crate) async fn send(
                 if off == 0 {
                     // Nothing of the request left: it can go elsewhere as it is.
                     conn.buf.clear();
-                    return Sent::Returned(req, cause, text);
+                    return Sent::Returned(None, cause, text);
                 }
                 // A backend may answer a head it refuses (431, 400) and close before
                 // reading the rest: that answer is the one to pass on.
@@ -179,7 +175,6 @@ pub(crate) async fn send(
         }
     }
     conn.buf.clear();
-    drop(req);
 
     // Bytes taken while waiting for the final head (interim 1xx responses included):
     // a backend that keeps sending without ever completing one is cut off.

@@ -39,40 +39,58 @@ fn hop_index(name: &HeaderName) -> Option<usize> {
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (a WebSocket handshake
 /// must reach the backend).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the (few) headers present, then removals only for the hop-by-hop
-    // names found: most requests and responses carry none but `Connection`.
+    let hop = hop_present(h);
+    let named = connection_named(h, &hop);
+    remove_hop(h, &hop, &named, keep_upgrade);
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Which of [`HOP_BY_HOP`] `h` has: one pass over the (few) fields present, so that
+/// removals are only for names found (most messages carry none but `Connection`).
+fn hop_present(h: &HeaderMap) -> [bool; HOP_BY_HOP.len()] {
     let mut found = [false; HOP_BY_HOP.len()];
     for name in h.keys() {
         if let Some(i) = hop_index(name) {
             found[i] = true;
         }
     }
-    if found[0] {
-        // The usual tokens name no header of their own (`close`) or one removed
-        // below anyway (`keep-alive`, `upgrade`): only others are looked up.
-        let named: Vec<HeaderName> = tokens(h, &header::CONNECTION)
-            .filter(|t| {
-                !["keep-alive", "close", "upgrade", ""]
-                    .iter()
-                    .any(|known| t.eq_ignore_ascii_case(known))
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if keep_upgrade && name == header::UPGRADE {
-                continue;
-            }
-            h.remove(&name);
-        }
+    found
+}
+
+/// The other fields `Connection` names. The usual tokens name no field of their own
+/// (`close`) or one that goes anyway (`keep-alive`, `upgrade`): only others count.
+fn connection_named(h: &HeaderMap, hop: &[bool; HOP_BY_HOP.len()]) -> Vec<HeaderName> {
+    if !hop[0] {
+        return Vec::new();
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
+    tokens(h, &header::CONNECTION)
+        .filter(|t| {
+            !["keep-alive", "close", "upgrade", ""]
+                .iter()
+                .any(|known| t.eq_ignore_ascii_case(known))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
+/// Removes the hop-by-hop fields found (`hop`, `named`); with `keep_upgrade`, not
+/// `Connection` and `Upgrade`.
+fn remove_hop(
+    h: &mut HeaderMap,
+    hop: &[bool; HOP_BY_HOP.len()],
+    named: &[HeaderName],
+    keep_upgrade: bool,
+) {
+    for name in named {
+        h.remove(name);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(hop).filter(|(_, f)| **f) {
         if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
             continue;
         }
         h.remove(name);
-    }
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -158,77 +176,177 @@ fn ip_text(ip: IpAddr) -> String {
     }
 }
 
-/// `a, b` as a header value, without a second copy of the bytes.
-fn joined(prev: &str, next: &str) -> Option<HeaderValue> {
-    let mut s = String::with_capacity(prev.len() + 2 + next.len());
-    s.push_str(prev);
-    s.push_str(", ");
-    s.push_str(next);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
-}
-
-/// Adds the client to `X-Forwarded-For` (appended to what a front sent) and
-/// `Forwarded`, and sets `X-Forwarded-Proto`. Each header is looked up once (an
-/// entry), not once to read and again to write.
-pub fn add_forwarded(h: &mut HeaderMap, client: &ForwardedFor, host: &str) {
-    append_or_set(h.entry(X_FORWARDED_FOR), client.ip.clone());
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-    let with_host = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',');
-    let mut element = String::with_capacity(client.element.len() + 6 + host.len());
-    element.push_str(&client.element);
-    if with_host {
-        element.push_str(";host=");
-        element.push_str(host);
+/// `own` after the text values of `prev` (several lines of a list field are one
+/// list, RFC 9110 §5.3: joined with ", ", blank ones skipped). With no such values,
+/// or one that is not text, `own` alone.
+fn appended(prev: header::GetAll<'_, HeaderValue>, own: HeaderValue) -> HeaderValue {
+    let mut joined: Option<String> = None;
+    for v in prev {
+        match v.to_str() {
+            Ok(t) if t.trim().is_empty() => {}
+            Ok(t) => {
+                let s =
+                    joined.get_or_insert_with(|| String::with_capacity(t.len() + 2 + own.len()));
+                if !s.is_empty() {
+                    s.push_str(", ");
+                }
+                s.push_str(t);
+            }
+            Err(_) => return own,
+        }
     }
-    let Ok(own) = HeaderValue::from_maybe_shared(bytes::Bytes::from(element)) else {
-        return;
+    let Some(mut s) = joined else {
+        return own;
     };
-    append_or_set(h.entry(header::FORWARDED), own);
+    s.push_str(", ");
+    s.push_str(own.to_str().unwrap_or_default());
+    // Text fields joined by ", " stay a valid value; `own` is the fallback all the same.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or(own)
 }
 
-/// Sets the entry to `own`, or, when it holds text, to its values followed by
-/// `own` (several lines of a list header are one list, RFC 9110 §5.3: joined with
-/// ", ", blank ones skipped). A value that is not text is replaced by `own`.
-fn append_or_set(entry: header::Entry<'_, HeaderValue>, own: HeaderValue) {
-    match entry {
-        header::Entry::Occupied(mut e) => {
-            let mut prev: Option<std::borrow::Cow<'_, str>> = None;
-            let mut text = true;
-            for v in e.iter() {
-                match v.to_str() {
-                    Ok(t) if t.trim().is_empty() => {}
-                    Ok(t) => match &mut prev {
-                        None => prev = Some(std::borrow::Cow::Borrowed(t)),
-                        Some(p) => {
-                            let p = p.to_mut();
-                            p.push_str(", ");
-                            p.push_str(t);
-                        }
-                    },
-                    Err(_) => {
-                        text = false;
-                        break;
-                    }
-                }
-            }
-            let own_text = own.to_str().unwrap_or_default();
-            match prev.filter(|_| text).map(|p| joined(&p, own_text)) {
-                Some(Some(v)) => {
-                    e.insert(v);
-                }
-                // Unjoinable (cannot happen for header-safe text): keep what was sent.
-                Some(None) => {}
-                None => {
-                    e.insert(own);
-                }
-            }
+/// How a request's fields change on their way upstream, worked out once from the
+/// client's map without touching it: hop-by-hop fields go (RFC 9110 §7.6.1), and
+/// plumb sets its own: `X-Forwarded-For` (the client appended to what a front sent),
+/// `X-Forwarded-Proto`, `Forwarded`, the request id, and where needed `Host` and one
+/// joined `Cookie` line. [`Rewrite::apply`] makes the map hyper's client sends;
+/// [`Rewrite::fields`] lists the same fields for plumb's own HTTP/1.1 path, which
+/// writes them straight out: no copy of the map, no growth.
+#[derive(Debug)]
+pub(crate) struct Rewrite {
+    /// The hop-by-hop names present, in [`HOP_BY_HOP`] order.
+    hop: [bool; HOP_BY_HOP.len()],
+    /// Other names the client's `Connection` lists.
+    named: Vec<HeaderName>,
+    /// An upgrade goes through: `Upgrade` stays and `Connection: upgrade` is set.
+    keep_upgrade: bool,
+    /// Plumb's fields, each replacing any the client sent: `Host` first (when set),
+    /// then the rest in this order.
+    own: [Option<(HeaderName, HeaderValue)>; 7],
+}
+
+/// The client's fields as they go upstream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upstream<'a> {
+    pub(crate) fields: &'a HeaderMap,
+    pub(crate) rewrite: &'a Rewrite,
+}
+
+impl Rewrite {
+    /// For a request with fields `h` from `client`, routed by `host`, with request
+    /// id `rid`. `set_host` replaces the client's `Host` (HTTP/2 and absolute-form
+    /// requests have none of their own), and `join_cookies` makes one line of
+    /// several `Cookie` fields (HTTP/2 splits them; HTTP/1.1 wants one, RFC 9113
+    /// §8.2.3).
+    pub(crate) fn new(
+        h: &HeaderMap,
+        keep_upgrade: bool,
+        client: &ForwardedFor,
+        host: &str,
+        rid: (HeaderName, HeaderValue),
+        set_host: Option<HeaderValue>,
+        join_cookies: bool,
+    ) -> Rewrite {
+        let hop = hop_present(h);
+        let named = connection_named(h, &hop);
+        let with_host = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',');
+        let mut element = String::with_capacity(client.element.len() + 6 + host.len());
+        element.push_str(&client.element);
+        if with_host {
+            element.push_str(";host=");
+            element.push_str(host);
         }
-        header::Entry::Vacant(e) => {
-            e.insert(own);
+        // (The element is a valid value: the host was checked above. Were it not,
+        // the client's `Forwarded` lines would go as sent.)
+        let forwarded = HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
+            .ok()
+            .map(|own| appended(h.get_all(header::FORWARDED), own));
+        let cookie = if join_cookies && h.get_all(header::COOKIE).iter().nth(1).is_some() {
+            let joined = h
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join("; ");
+            HeaderValue::from_str(&joined).ok()
+        } else {
+            None
+        };
+        Rewrite {
+            hop,
+            named,
+            keep_upgrade,
+            own: [
+                set_host.map(|v| (header::HOST, v)),
+                Some((
+                    X_FORWARDED_FOR,
+                    appended(h.get_all(X_FORWARDED_FOR), client.ip.clone()),
+                )),
+                Some((X_FORWARDED_PROTO, HeaderValue::from_static(client.proto))),
+                forwarded.map(|v| (header::FORWARDED, v)),
+                Some(rid),
+                cookie.map(|v| (header::COOKIE, v)),
+                keep_upgrade.then(|| (header::CONNECTION, HeaderValue::from_static("upgrade"))),
+            ],
         }
+    }
+
+    fn own(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.own.iter().flatten().map(|(n, v)| (n, v))
+    }
+
+    /// Whether the client's field `name` goes upstream as it is.
+    fn keeps(&self, name: &HeaderName) -> bool {
+        if let Some(i) = hop_index(name) {
+            // Present, so flagged; `Upgrade` stays for an upgrade (`Connection` is
+            // plumb's own then).
+            return self.keep_upgrade && HOP_BY_HOP[i] == header::UPGRADE;
+        }
+        if self.named.contains(name) {
+            return false;
+        }
+        !self.own().any(|(own, _)| own == name)
+    }
+
+    /// Makes `h` (the map the rewrite was worked out from) the map that goes
+    /// upstream.
+    pub(crate) fn apply(&self, h: &mut HeaderMap) {
+        remove_hop(h, &self.hop, &self.named, self.keep_upgrade);
+        for (name, value) in self.own() {
+            h.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+impl<'a> Upstream<'a> {
+    /// The fields that go upstream, in order: `Host` when plumb sets it, the
+    /// client's that stay, then plumb's others.
+    pub(crate) fn iter(self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
+        let (host, rest) = self.rewrite.own.split_at(1);
+        let pair = |o: &'a Option<(HeaderName, HeaderValue)>| o.as_ref().map(|(n, v)| (n, v));
+        host.iter()
+            .filter_map(pair)
+            .chain(
+                self.fields
+                    .iter()
+                    .filter(move |(n, _)| self.rewrite.keeps(n)),
+            )
+            .chain(rest.iter().filter_map(pair))
+    }
+
+    /// At least the bytes the fields take as `name: value\r\n` lines.
+    pub(crate) fn len_bound(self) -> usize {
+        let line = |(n, v): (&HeaderName, &HeaderValue)| n.as_str().len() + v.len() + 4;
+        self.fields.iter().map(line).sum::<usize>() + self.rewrite.own().map(line).sum::<usize>()
+    }
+
+    /// The map hyper's client sends: a copy of the client's, rewritten.
+    pub(crate) fn to_map(self) -> HeaderMap {
+        let mut h = self.fields.clone();
+        self.rewrite.apply(&mut h);
+        h
     }
 }
 
@@ -314,11 +432,52 @@ mod tests {
         assert!(h.get("keep-alive").is_none());
     }
 
+    fn rid() -> (HeaderName, HeaderValue) {
+        (
+            HeaderName::from_static("plumb-request-id"),
+            HeaderValue::from_static("r1"),
+        )
+    }
+
+    /// `h` as it goes upstream through hyper's client (the map) and through plumb's
+    /// own path (the field list), after checking that the two agree.
+    fn upstream(h: &HeaderMap, rewrite: &Rewrite) -> HeaderMap {
+        let view = Upstream { fields: h, rewrite };
+        let map = view.to_map();
+        let listed: Vec<(String, Vec<u8>)> = view
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let mut from_map: Vec<(String, Vec<u8>)> = map
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        from_map.sort();
+        assert_eq!(sorted, from_map, "the written fields and the map disagree");
+        // Per name, the lines keep their order.
+        for name in map.keys() {
+            let in_map: Vec<&[u8]> = map.get_all(name).iter().map(|v| v.as_bytes()).collect();
+            let in_list: Vec<&[u8]> = listed
+                .iter()
+                .filter(|(n, _)| n == name.as_str())
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            assert_eq!(in_map, in_list, "{name}");
+        }
+        map
+    }
+
+    fn forwarded(h: &HeaderMap, client: &ForwardedFor, host: &str) -> HeaderMap {
+        upstream(h, &Rewrite::new(h, false, client, host, rid(), None, false))
+    }
+
     #[test]
     fn forwarded_headers_append() {
-        let mut h = map(&[("x-forwarded-for", "203.0.113.7")]);
-        add_forwarded(
-            &mut h,
+        let h = map(&[("x-forwarded-for", "203.0.113.7")]);
+        let h = forwarded(
+            &h,
             &ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "http"),
             "example.com",
         );
@@ -328,9 +487,9 @@ mod tests {
             h.get("forwarded").unwrap(),
             "for=192.0.2.1;proto=http;host=example.com"
         );
-        let mut h6 = HeaderMap::new();
-        add_forwarded(
-            &mut h6,
+        assert_eq!(h.get("plumb-request-id").unwrap(), "r1");
+        let h6 = forwarded(
+            &HeaderMap::new(),
             &ForwardedFor::new("[2001:db8::1]:5000".parse().unwrap(), "http"),
             "",
         );
@@ -343,19 +502,103 @@ mod tests {
     #[test]
     fn forwarded_headers_join_repeated_lines_and_replace_blank_ones() {
         let client = ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "https");
-        let mut h = map(&[
+        let h = map(&[
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-for", "198.51.100.2"),
             ("forwarded", " "),
             ("x-forwarded-proto", "http"),
         ]);
-        add_forwarded(&mut h, &client, "");
+        let h = forwarded(&h, &client, "");
         let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
         assert_eq!(xff, ["203.0.113.7, 198.51.100.2, 192.0.2.1"]);
         let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
         assert_eq!(fwd, ["for=192.0.2.1;proto=https"]);
         let proto: Vec<_> = h.get_all("x-forwarded-proto").iter().collect();
         assert_eq!(proto, ["https"]);
+    }
+
+    #[test]
+    fn rewrite_drops_hop_by_hop_sets_plumbs_fields_and_keeps_the_rest_in_order() {
+        let client = ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "http");
+        let h = map(&[
+            ("host", "client.example"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("accept", "*/*"),
+            ("plumb-request-id", "spoofed"),
+            ("te", "trailers"),
+            ("cookie", "a=1"),
+            ("x-two", "a"),
+            ("cookie", "b=2"),
+            ("x-two", "b"),
+        ]);
+        // An HTTP/2 request: Host set by plumb (written first), cookies joined.
+        let rw = Rewrite::new(
+            &h,
+            false,
+            &client,
+            "routed.example",
+            rid(),
+            Some(HeaderValue::from_static("routed.example")),
+            true,
+        );
+        let view = Upstream {
+            fields: &h,
+            rewrite: &rw,
+        };
+        let lines: Vec<String> = view
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "host: routed.example",
+                "accept: */*",
+                "x-two: a",
+                "x-two: b",
+                "x-forwarded-for: 192.0.2.1",
+                "x-forwarded-proto: http",
+                "forwarded: for=192.0.2.1;proto=http;host=routed.example",
+                "plumb-request-id: r1",
+                "cookie: a=1; b=2",
+            ]
+        );
+        upstream(&h, &rw);
+        // HTTP/1.1 with its own Host: the client's stays where it was, and two
+        // Cookie lines stay two.
+        let rw = Rewrite::new(&h, false, &client, "client.example", rid(), None, false);
+        let m = upstream(&h, &rw);
+        assert_eq!(m.get("host").unwrap(), "client.example");
+        assert_eq!(m.get_all("cookie").iter().count(), 2);
+        assert!(m.get("x-secret").is_none() && m.get("te").is_none());
+        assert_eq!(
+            Upstream {
+                fields: &h,
+                rewrite: &rw
+            }
+            .iter()
+            .next()
+            .unwrap()
+            .0,
+            "host"
+        );
+    }
+
+    #[test]
+    fn rewrite_of_an_upgrade_keeps_upgrade_and_says_connection_upgrade() {
+        let client = ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "http");
+        let h = map(&[
+            ("connection", "Upgrade, keep-alive"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+        ]);
+        let rw = Rewrite::new(&h, true, &client, "", rid(), None, false);
+        let m = upstream(&h, &rw);
+        assert_eq!(m.get("upgrade").unwrap(), "websocket");
+        let conn: Vec<_> = m.get_all("connection").iter().collect();
+        assert_eq!(conn, ["upgrade"]);
+        assert!(m.get("keep-alive").is_none());
     }
 
     #[test]

@@ -7,8 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,17 +15,53 @@ use tokio::time::Instant;
 
 use super::{encode_head, send, BodyError, RawBody, RawConn};
 use crate::cause::Cause;
-use crate::l7::client::{Sent, UpBody, UpResp};
+use crate::l7::client::{Sent, UpHead, UpResp};
+use crate::l7::headers::{ForwardedFor, Rewrite, Upstream};
+use hyper::header::{HeaderName, HeaderValue};
 
-fn request(method: &str, target: &str) -> Request<UpBody> {
-    Request::builder()
+/// A client's request head and plumb's rewrite of it.
+struct Req {
+    parts: hyper::http::request::Parts,
+    rewrite: Rewrite,
+}
+
+impl Req {
+    fn head(&self) -> UpHead<'_> {
+        UpHead {
+            method: &self.parts.method,
+            uri: &self.parts.uri,
+            fields: Upstream {
+                fields: &self.parts.headers,
+                rewrite: &self.rewrite,
+            },
+        }
+    }
+}
+
+fn request(method: &str, target: &str) -> Req {
+    let (parts, ()) = Request::builder()
         .method(method)
         .uri(target)
         .header("host", "example.test")
+        .header("connection", "keep-alive")
         .header("x-two", "a")
         .header("x-two", "b")
-        .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())
+        .body(())
         .unwrap()
+        .into_parts();
+    let rewrite = Rewrite::new(
+        &parts.headers,
+        false,
+        &ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "http"),
+        "example.test",
+        (
+            HeaderName::from_static("plumb-request-id"),
+            HeaderValue::from_static("r1"),
+        ),
+        None,
+        false,
+    );
+    Req { parts, rewrite }
 }
 
 /// A connected pair: plumb's side as a `RawConn`, and the backend's socket.
@@ -74,7 +109,7 @@ fn script(mut backend: TcpStream, exchanges: Vec<Vec<&'static [u8]>>, close: boo
 async fn exchange(conn: &mut RawConn, method: &str, timeout: Duration) -> Sent {
     send(
         conn,
-        request(method, "/p?q=1"),
+        request(method, "/p?q=1").head(),
         Instant::now(),
         timeout,
         Duration::from_secs(5),
@@ -125,10 +160,12 @@ fn cause_of(e: &(dyn std::error::Error + 'static)) -> Cause {
 #[test]
 fn request_head_is_origin_form_http11_with_every_field() {
     let mut buf = bytes::BytesMut::new();
-    encode_head(&mut buf, &request("GET", "/p?q=1"));
+    encode_head(&mut buf, request("GET", "/p?q=1").head());
     assert_eq!(
-        &buf[..],
-        b"GET /p?q=1 HTTP/1.1\r\nhost: example.test\r\nx-two: a\r\nx-two: b\r\n\r\n"
+        std::str::from_utf8(&buf).unwrap(),
+        "GET /p?q=1 HTTP/1.1\r\nhost: example.test\r\nx-two: a\r\nx-two: b\r\n\
+         x-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\n\
+         forwarded: for=192.0.2.1;proto=http;host=example.test\r\nplumb-request-id: r1\r\n\r\n"
     );
 }
 
