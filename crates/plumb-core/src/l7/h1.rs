@@ -261,7 +261,8 @@ type Head = (hyper::http::response::Parts, Framing, bool);
 struct Present {
     transfer_encoding: bool,
     content_length: bool,
-    connection: bool,
+    /// `Connection` lists `close`.
+    close: bool,
 }
 
 /// Parses a response head at the start of `buf` and takes it off. Interim responses
@@ -312,7 +313,22 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
             } else if name == header::CONTENT_LENGTH {
                 present.content_length = true;
             } else if name == header::CONNECTION {
-                present.connection = true;
+                // Hop-by-hop, never passed on: a line of only the usual tokens is
+                // noted and left out here rather than removed from the map later.
+                // One naming other fields stays, for respond's strip to act on.
+                let mut usual = true;
+                for t in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        present.close = true;
+                    } else if !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")) {
+                        usual = false;
+                    }
+                }
+                if usual {
+                    continue;
+                }
+            } else if name == super::headers::KEEP_ALIVE {
+                continue; // Hop-by-hop, never passed on.
             }
             headers.append(name, value);
         }
@@ -324,12 +340,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         // Transfer-Encoding with Content-Length is how responses are smuggled (RFC
         // 9112 §6.3): read by the coding, and the connection is not used again.
         let smuggling = present.transfer_encoding && present.content_length;
-        let close =
-            present.connection && super::headers::lists(&headers, &header::CONNECTION, "close");
         let reusable = version == Version::HTTP_11
             && !matches!(framing, Framing::UntilClose)
             && !smuggling
-            && !close;
+            && !present.close;
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;

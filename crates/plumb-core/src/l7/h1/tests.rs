@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::{encode_head, send, BodyError, RawBody, RawConn};
+use super::{encode_head, parse_head, send, BodyError, RawBody, RawConn};
 use crate::cause::Cause;
 use crate::l7::client::{Sent, UpHead, UpResp};
 use crate::l7::headers::{ForwardedFor, Rewrite, Upstream};
@@ -248,6 +248,8 @@ async fn close_delimited_and_connection_close_responses_are_not_reused() {
     for answer in [
         &b"HTTP/1.1 200 OK\r\n\r\nabc"[..],
         &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc"[..],
+        &b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 3\r\n\r\nabc"[..],
+        &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: x-a, close\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nabc"[..],
         &b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc"[..],
         // Bytes after the response: something is wrong with this connection.
         &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1"[..],
@@ -270,6 +272,29 @@ async fn close_delimited_and_connection_close_responses_are_not_reused() {
             String::from_utf8_lossy(answer)
         );
     }
+}
+
+#[test]
+fn connection_lines_of_usual_tokens_are_left_out_and_others_kept_for_the_strip() {
+    let mut buf = bytes::BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"[..],
+    );
+    let (parts, _, reusable) = parse_head(&mut buf, false).unwrap().unwrap();
+    assert!(reusable);
+    let names: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["content-length"]);
+    // A line naming another field stays, so that respond's strip removes that
+    // field too.
+    let mut buf = bytes::BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n"[..],
+    );
+    let (parts, _, reusable) = parse_head(&mut buf, false).unwrap().unwrap();
+    assert!(reusable);
+    assert_eq!(
+        parts.headers.get("connection").unwrap(),
+        "keep-alive, x-hop"
+    );
+    assert_eq!(parts.headers.get("x-hop").unwrap(), "1");
 }
 
 #[tokio::test]
