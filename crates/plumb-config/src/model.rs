@@ -464,6 +464,26 @@ pub const DEFAULT_RESPONSE_HEADER: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(60);
 /// Default request-id header.
 pub const DEFAULT_REQUEST_ID_HEADER: &str = "plumb-request-id";
+/// Headers an http listener sets, removes or frames a request by, so not usable as
+/// the request-id header: a request id under one of these names would replace the
+/// routed Host, a forwarding field, the framing, or be dropped as hop-by-hop.
+pub const RESERVED_HEADERS: [&str; 15] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+    "cookie",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "expect",
+];
 /// Default health check interval.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default health check timeout.

@@ -463,6 +463,33 @@ fn port_zero_never_clashes() {
 }
 
 #[test]
+fn a_request_id_header_plumb_already_sets_or_removes_is_refused() {
+    for (name, ok) in [
+        ("X-Forwarded-For", false),
+        ("host", false),
+        ("Connection", false),
+        ("content-length", false),
+        ("x-request-id", true),
+    ] {
+        let text = format!(
+            "[[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\n\
+             pool = \"p\"\nrequest_id_header = \"{name}\"\n[[pool]]\nname = \"p\"\n\
+             backends = [\"127.0.0.1:9001\"]\n"
+        );
+        if ok {
+            assert!(parse(&text).is_ok(), "{name}");
+            continue;
+        }
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("listener[0].request_id_header")
+                && err.contains(&format!("{name:?} is a header plumb sets")),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
 fn http_listeners_and_routes() {
     let text = r#"
 [[listener]]

@@ -490,6 +490,17 @@ impl Validator {
         let request_id_header = match &l.request_id_header {
             None => DEFAULT_REQUEST_ID_HEADER.to_string(),
             Some(v) => match self.string(v, &format!("{path}.request_id_header")) {
+                Some(h) if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(h)) => {
+                    self.err(
+                        &format!("{path}.request_id_header"),
+                        format!(
+                            "{h:?} is a header plumb sets, removes or frames the request by \
+                             ({}): choose another name",
+                            RESERVED_HEADERS.join(", ")
+                        ),
+                    );
+                    DEFAULT_REQUEST_ID_HEADER.to_string()
+                }
                 Some(h)
                     if !h.is_empty()
                         && h.bytes()

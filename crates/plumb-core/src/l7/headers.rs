@@ -191,7 +191,7 @@ fn ip_text(ip: IpAddr) -> String {
 /// `own` after the text values of `prev` (several lines of a list field are one
 /// list, RFC 9110 §5.3: joined with ", ", blank ones skipped). With no such values,
 /// or one that is not text, `own` alone.
-fn appended(prev: header::GetAll<'_, HeaderValue>, own: HeaderValue) -> HeaderValue {
+fn appended<'a>(prev: impl Iterator<Item = &'a HeaderValue>, own: HeaderValue) -> HeaderValue {
     let mut joined: Option<String> = None;
     for v in prev {
         match v.to_str() {
@@ -260,6 +260,18 @@ impl Rewrite {
     ) -> Rewrite {
         let hop = hop_present(h);
         let named = connection_named(h, &hop);
+        // What plumb sets is worked out from the fields that go upstream: a field
+        // the client's `Connection` names is not one of them.
+        let lines = |name: &HeaderName| {
+            let gone = named.contains(name);
+            h.get_all(name).into_iter().filter(move |_| !gone)
+        };
+        // The client's Host was to stay; named by `Connection`, it goes, and is set
+        // again (the same value: the one the request was routed by).
+        let set_host = match set_host {
+            None if named.contains(&header::HOST) => h.get(header::HOST).cloned(),
+            other => other,
+        };
         let with_host = !host.is_empty()
             && host
                 .bytes()
@@ -274,11 +286,9 @@ impl Rewrite {
         // the client's `Forwarded` lines would go as sent.)
         let forwarded = HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
             .ok()
-            .map(|own| appended(h.get_all(header::FORWARDED), own));
-        let cookie = if join_cookies && h.get_all(header::COOKIE).iter().nth(1).is_some() {
-            let joined = h
-                .get_all(header::COOKIE)
-                .iter()
+            .map(|own| appended(lines(&header::FORWARDED), own));
+        let cookie = if join_cookies && lines(&header::COOKIE).nth(1).is_some() {
+            let joined = lines(&header::COOKIE)
                 .filter_map(|v| v.to_str().ok())
                 .collect::<Vec<_>>()
                 .join("; ");
@@ -286,16 +296,14 @@ impl Rewrite {
         } else {
             None
         };
+        let xff = appended(lines(&X_FORWARDED_FOR), client.ip.clone());
         Rewrite {
             hop,
             named,
             keep_upgrade,
             own: [
                 set_host.map(|v| (header::HOST, v)),
-                Some((
-                    X_FORWARDED_FOR,
-                    appended(h.get_all(X_FORWARDED_FOR), client.ip.clone()),
-                )),
+                Some((X_FORWARDED_FOR, xff)),
                 Some((X_FORWARDED_PROTO, HeaderValue::from_static(client.proto))),
                 forwarded.map(|v| (header::FORWARDED, v)),
                 Some(rid),
@@ -577,24 +585,53 @@ mod tests {
             ]
         );
         upstream(&h, &rw);
-        // HTTP/1.1 with its own Host: the client's stays where it was, and two
-        // Cookie lines stay two.
-        let rw = Rewrite::new(&h, false, &client, "client.example", rid(), None, false);
-        let m = upstream(&h, &rw);
-        assert_eq!(m.get("host").unwrap(), "client.example");
+        // HTTP/1.1 with its own Host: the client's stays where it was (second
+        // here), and two Cookie lines stay two.
+        let h1 = map(&[
+            ("accept", "*/*"),
+            ("host", "client.example"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ]);
+        let rw = Rewrite::new(&h1, false, &client, "client.example", rid(), None, false);
+        let m = upstream(&h1, &rw);
         assert_eq!(m.get_all("cookie").iter().count(), 2);
-        assert!(m.get("x-secret").is_none() && m.get("te").is_none());
+        let names: Vec<&str> = Upstream {
+            fields: &h1,
+            rewrite: &rw,
+        }
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .take(2)
+        .collect();
+        assert_eq!(names, ["accept", "host"]);
+    }
+
+    #[test]
+    fn fields_the_clients_connection_names_do_not_feed_plumbs_own() {
+        let client = ForwardedFor::new("192.0.2.1:5000".parse().unwrap(), "http");
+        let h = map(&[
+            ("host", "client.example"),
+            ("connection", "host, x-forwarded-for, forwarded, cookie"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=203.0.113.7"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ]);
+        // The client's Host was to stay (None), but Connection names it: it goes,
+        // and plumb sets the same value again. The forwarding fields start afresh,
+        // and no Cookie is made of the named lines.
+        let rw = Rewrite::new(&h, false, &client, "client.example", rid(), None, true);
+        let m = upstream(&h, &rw);
+        let host: Vec<_> = m.get_all("host").iter().collect();
+        assert_eq!(host, ["client.example"]);
+        assert_eq!(m.get("x-forwarded-for").unwrap(), "192.0.2.1");
         assert_eq!(
-            Upstream {
-                fields: &h,
-                rewrite: &rw
-            }
-            .iter()
-            .next()
-            .unwrap()
-            .0,
-            "host"
+            m.get("forwarded").unwrap(),
+            "for=192.0.2.1;proto=http;host=client.example"
         );
+        assert!(m.get("cookie").is_none());
+        assert!(m.get("connection").is_none());
     }
 
     #[test]
