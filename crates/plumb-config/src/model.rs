@@ -464,16 +464,8 @@ pub const DEFAULT_RESPONSE_HEADER: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(60);
 /// Default request-id header.
 pub const DEFAULT_REQUEST_ID_HEADER: &str = "plumb-request-id";
-/// Headers an http listener sets, removes or frames a request by, so not usable as
-/// the request-id header: a request id under one of these names would replace the
-/// routed Host, a forwarding field, the framing, or be dropped as hop-by-hop.
-pub const RESERVED_HEADERS: [&str; 15] = [
-    "host",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "forwarded",
-    "cookie",
-    "content-length",
+/// Hop-by-hop headers (RFC 9110 §7.6.1), which an http listener removes both ways.
+pub const HOP_BY_HOP_HEADERS: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -482,6 +474,18 @@ pub const RESERVED_HEADERS: [&str; 15] = [
     "transfer-encoding",
     "upgrade",
     "proxy-authorization",
+];
+/// Headers an http listener sets or frames a request by. With
+/// [`HOP_BY_HOP_HEADERS`], not usable as the request-id header: a request id under
+/// one of these names would replace the routed Host, a forwarding field or the
+/// framing, or be dropped.
+pub const SET_BY_PLUMB_HEADERS: [&str; 7] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+    "cookie",
+    "content-length",
     "expect",
 ];
 /// Default health check interval.

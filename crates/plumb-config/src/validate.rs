@@ -490,13 +490,19 @@ impl Validator {
         let request_id_header = match &l.request_id_header {
             None => DEFAULT_REQUEST_ID_HEADER.to_string(),
             Some(v) => match self.string(v, &format!("{path}.request_id_header")) {
-                Some(h) if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(h)) => {
+                Some(h)
+                    if SET_BY_PLUMB_HEADERS
+                        .iter()
+                        .chain(&HOP_BY_HOP_HEADERS)
+                        .any(|r| r.eq_ignore_ascii_case(h)) =>
+                {
                     self.err(
                         &format!("{path}.request_id_header"),
                         format!(
                             "{h:?} is a header plumb sets, removes or frames the request by \
-                             ({}): choose another name",
-                            RESERVED_HEADERS.join(", ")
+                             ({}, {}): choose another name",
+                            SET_BY_PLUMB_HEADERS.join(", "),
+                            HOP_BY_HOP_HEADERS.join(", ")
                         ),
                     );
                     DEFAULT_REQUEST_ID_HEADER.to_string()
