@@ -41,19 +41,9 @@ pub mod hot {
         host: &str,
         rid: (hyper::header::HeaderName, hyper::header::HeaderValue),
     ) {
-        let rewrite =
-            crate::l7::headers::Rewrite::new(&head.headers, false, client, host, rid, None, false);
-        crate::l7::h1::encode_head(
-            buf,
-            crate::l7::client::UpHead {
-                method: &head.method,
-                uri: &head.uri,
-                fields: crate::l7::headers::Upstream {
-                    fields: &head.headers,
-                    rewrite: &rewrite,
-                },
-            },
-        );
+        rewritten(head, client, host, rid, |up| {
+            crate::l7::h1::encode_head(buf, up)
+        });
     }
 
     /// The same rewrite as the map hyper's client sends (requests with a body).
@@ -63,13 +53,26 @@ pub mod hot {
         host: &str,
         rid: (hyper::header::HeaderName, hyper::header::HeaderValue),
     ) -> hyper::HeaderMap {
+        rewritten(head, client, host, rid, |up| up.fields.to_map())
+    }
+
+    fn rewritten<R>(
+        head: &hyper::http::request::Parts,
+        client: &ForwardedFor,
+        host: &str,
+        rid: (hyper::header::HeaderName, hyper::header::HeaderValue),
+        then: impl FnOnce(crate::l7::client::UpHead<'_>) -> R,
+    ) -> R {
         let rewrite =
             crate::l7::headers::Rewrite::new(&head.headers, false, client, host, rid, None, false);
-        crate::l7::headers::Upstream {
-            fields: &head.headers,
-            rewrite: &rewrite,
-        }
-        .to_map()
+        then(crate::l7::client::UpHead {
+            method: &head.method,
+            uri: &head.uri,
+            fields: crate::l7::headers::Upstream {
+                fields: &head.headers,
+                rewrite: &rewrite,
+            },
+        })
     }
 }
 

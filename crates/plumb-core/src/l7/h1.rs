@@ -318,11 +318,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
                 // One naming other fields stays, for respond's strip to act on.
                 let mut usual = true;
                 for t in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        present.close = true;
-                    } else if !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")) {
-                        usual = false;
-                    }
+                    present.close |= t.eq_ignore_ascii_case(b"close");
+                    usual &= super::headers::names_no_field(t);
                 }
                 if usual {
                     continue;

@@ -70,13 +70,17 @@ fn connection_named(h: &HeaderMap, hop: &[bool; HOP_BY_HOP.len()]) -> Vec<Header
         return Vec::new();
     }
     tokens(h, &header::CONNECTION)
-        .filter(|t| {
-            !["keep-alive", "close", "upgrade", ""]
-                .iter()
-                .any(|known| t.eq_ignore_ascii_case(known))
-        })
+        .filter(|t| !names_no_field(t.as_bytes()))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
+}
+
+/// Whether a `Connection` token (trimmed) is one of the usual ones, which name no
+/// field that is not hop-by-hop anyway: `close`, `keep-alive`, `upgrade`, or empty.
+pub(crate) fn names_no_field(token: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"close", b"upgrade", b""]
+        .iter()
+        .any(|known| token.eq_ignore_ascii_case(known))
 }
 
 /// Removes the hop-by-hop fields found (`hop`, `named`); with `keep_upgrade`, not
@@ -213,7 +217,7 @@ fn appended<'a>(prev: impl Iterator<Item = &'a HeaderValue>, own: HeaderValue) -
 /// plumb sets its own: `X-Forwarded-For` (the client appended to what a front sent),
 /// `X-Forwarded-Proto`, `Forwarded`, the request id, and where needed `Host` and one
 /// joined `Cookie` line. [`Rewrite::apply`] makes the map hyper's client sends;
-/// [`Rewrite::fields`] lists the same fields for plumb's own HTTP/1.1 path, which
+/// [`Upstream::iter`] lists the same fields for plumb's own HTTP/1.1 path, which
 /// writes them straight out: no copy of the map, no growth.
 #[derive(Debug)]
 pub(crate) struct Rewrite {
