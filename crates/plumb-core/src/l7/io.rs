@@ -341,6 +341,33 @@ impl SharedStream {
     }
 }
 
+/// Writes of at most this many bytes in several pieces are copied together first.
+const GATHER_MAX: usize = 4096;
+
+/// One vectored write. A small one in several pieces (hyper's head and a short body)
+/// is copied into one buffer and sent with `send`: `writev` costs the kernel about a
+/// quarter of a microsecond more per call on loopback, far more than the copy. Large
+/// writes stay vectored, so a big body is not copied in user space.
+fn write_gathered(socket: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if total > GATHER_MAX {
+        return socket.try_write_vectored(bufs);
+    }
+    let mut pieces = bufs.iter().filter(|b| !b.is_empty());
+    match (pieces.next(), pieces.next()) {
+        (None, _) => return Ok(0),
+        (Some(one), None) => return socket.try_write(one),
+        _ => {}
+    }
+    // A heap buffer: zeroing a stack array of GATHER_MAX bytes costs more than the
+    // allocation.
+    let mut flat = Vec::with_capacity(total);
+    for b in bufs {
+        flat.extend_from_slice(b);
+    }
+    socket.try_write(&flat)
+}
+
 impl AsyncRead for SharedStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -413,7 +440,7 @@ impl AsyncWrite for SharedStream {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            match this.socket.try_write_vectored(bufs) {
+            match write_gathered(&this.socket, bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return this.wrote(r),
             }
@@ -667,5 +694,39 @@ mod tests {
         drop(theirs);
         let mut s = SharedStream::new(ours).with_early(Some(Ok(bytes::Bytes::new())));
         assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_keep_their_bytes_in_order_small_or_large() {
+        let (ours, mut theirs) = pair().await;
+        let mut s = SharedStream::new(ours);
+        let big = vec![b'b'; super::GATHER_MAX + 1];
+        let cases: [&[&[u8]]; 5] = [
+            &[b"HTTP/1.1 200 OK\r\n\r\n", b"", b"body"],
+            &[b"", b"one piece"],
+            &[b"", b""],
+            &[b"head:", &big],
+            &[&big[..super::GATHER_MAX - 1], b"x"],
+        ];
+        for pieces in cases {
+            let want: Vec<u8> = pieces.concat();
+            let mut bufs: Vec<std::io::IoSlice<'_>> =
+                pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
+            let mut left: &mut [std::io::IoSlice<'_>] = &mut bufs;
+            let mut sent = 0;
+            while sent < want.len() {
+                let n = s.write_vectored(left).await.unwrap();
+                assert!(n > 0, "a write that takes nothing");
+                std::io::IoSlice::advance_slices(&mut left, n);
+                sent += n;
+            }
+            let mut got = vec![0u8; want.len()];
+            theirs.read_exact(&mut got).await.unwrap();
+            assert!(
+                got == want,
+                "bytes changed on the way ({} bytes)",
+                want.len()
+            );
+        }
     }
 }
