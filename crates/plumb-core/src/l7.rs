@@ -15,6 +15,7 @@ pub(crate) mod client;
 pub(crate) mod h1;
 pub(crate) mod headers;
 mod io;
+mod quiet;
 pub(crate) mod route;
 mod upgrade;
 
@@ -407,7 +408,7 @@ async fn run_connection<I>(
         let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
         tokio::pin!(served);
         let mut closing = false;
-        let draining = ctx.shared.draining.clone();
+        let draining = &ctx.shared.draining;
         // One timer per connection, looked at only when it fires: requests start
         // and end without waking this task. At each wake it is re-armed to the
         // earliest moment something could be due: a head's `header_read`, the first
@@ -417,9 +418,10 @@ async fn run_connection<I>(
         let keepalive_idle = ctx.settings.keepalive_idle;
         let timer = tokio::time::sleep_until(opened + header_read.min(keepalive_idle));
         tokio::pin!(timer);
+        let mut timer = quiet::Quiet::new(timer);
         loop {
             tokio::select! {
-                () = timer.as_mut() => {
+                () = &mut timer => {
                     let now = Instant::now();
                     if !watch.any_byte() && now >= opened + header_read {
                         tracing::debug!(listener = %ctx.name, client.addr = %peer, "closing a connection that sent nothing within header_read");
@@ -458,7 +460,8 @@ async fn run_connection<I>(
                         Some(t) => t + header_read,
                         None => now + header_read,
                     });
-                    timer.as_mut().reset(next.max(now + std::time::Duration::from_millis(1)));
+                    timer.get_mut().as_mut().reset(next.max(now + std::time::Duration::from_millis(1)));
+                    timer.rouse();
                 }
                 r = served.as_mut() => {
                     if let Err(e) = r {
@@ -466,14 +469,21 @@ async fn run_connection<I>(
                     }
                     break;
                 }
-                () = draining.cancelled(), if !closing => {
+                // An order, or the start of a drain: the drain's nudge wakes this
+                // task through the table, so no waiter is kept on the drain token
+                // (shared by every connection; each poll of one takes its lock).
+                order = std::future::poll_fn(|cx| match table.poll_order(cx) {
+                    std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
+                    std::task::Poll::Pending if !closing && draining.is_cancelled() => std::task::Poll::Ready(false),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }) => {
+                    if order {
+                        // Forced close (shutdown grace over): drop the connection.
+                        forced = true;
+                        break;
+                    }
                     served.as_mut().graceful_shutdown();
                     closing = true;
-                }
-                _ = table.ordered() => {
-                    // Forced close (shutdown grace over): drop the connection.
-                    forced = true;
-                    break;
                 }
             }
         }
