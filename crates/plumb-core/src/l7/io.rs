@@ -713,6 +713,10 @@ mod tests {
             let mut bufs: Vec<std::io::IoSlice<'_>> =
                 pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
             let mut left: &mut [std::io::IoSlice<'_>] = &mut bufs;
+            if want.is_empty() {
+                assert_eq!(s.write_vectored(left).await.unwrap(), 0);
+                continue;
+            }
             let mut sent = 0;
             while sent < want.len() {
                 let n = s.write_vectored(left).await.unwrap();
@@ -721,12 +725,54 @@ mod tests {
                 sent += n;
             }
             let mut got = vec![0u8; want.len()];
-            theirs.read_exact(&mut got).await.unwrap();
+            tokio::time::timeout(WAIT, theirs.read_exact(&mut got))
+                .await
+                .expect("bytes went missing")
+                .unwrap();
             assert!(
                 got == want,
                 "bytes changed on the way ({} bytes)",
                 want.len()
             );
         }
+    }
+
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Up to a full send buffer, each small gathered write says how many bytes it
+    /// took, and exactly those bytes arrive: a count that ran ahead of a short send
+    /// would shift everything after it.
+    #[tokio::test]
+    async fn a_short_gathered_write_counts_only_what_was_sent() {
+        let (ours, mut theirs) = pair().await;
+        let mut s = SharedStream::new(ours);
+        let mut want = Vec::new();
+        let mut short = 0;
+        // Bounded: loopback send buffers hold a few MB at most.
+        for i in 0..20_000u32 {
+            let tag = u8::try_from(i % 251).unwrap();
+            let head = [tag; 100];
+            let body = vec![tag ^ 0x5a; 3000];
+            let pieces = [std::io::IoSlice::new(&head), std::io::IoSlice::new(&body)];
+            let wrote = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                s.write_vectored(&pieces),
+            )
+            .await;
+            let Ok(n) = wrote else { break }; // The send buffer is full.
+            let n = n.unwrap();
+            short += usize::from(n < 3100);
+            want.extend_from_slice(&[&head[..], &body[..]].concat()[..n]);
+        }
+        assert!(short > 0, "the buffer never filled into a short write");
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(WAIT, theirs.read_exact(&mut got))
+            .await
+            .expect("fewer bytes arrived than the writes counted")
+            .unwrap();
+        assert!(
+            got == want,
+            "the bytes that arrived differ from those counted"
+        );
     }
 }

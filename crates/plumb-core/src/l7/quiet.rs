@@ -57,8 +57,10 @@ impl<F> Quiet<F> {
         &mut self.inner
     }
 
-    /// The next poll polls the wrapped future whether or not it woke: a reset
-    /// timer registers its new deadline only when polled.
+    /// The next poll polls the wrapped future whether or not it woke. A safeguard
+    /// after a change such as a timer's reset: tokio's `Sleep` puts itself back on
+    /// the timer wheel at the reset and keeps the waker of its last poll, but that
+    /// is how it is built, not what it promises.
     pub(crate) fn rouse(&self) {
         self.flag.woken.store(true, Ordering::Release);
     }
@@ -158,7 +160,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_timer_reset_and_roused_fires_at_its_new_deadline_in_a_select() {
+    async fn a_timer_reset_and_roused_fires_at_its_new_deadline() {
         let start = tokio::time::Instant::now();
         let timer = tokio::time::sleep(std::time::Duration::from_secs(10));
         tokio::pin!(timer);
