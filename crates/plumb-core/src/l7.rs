@@ -235,7 +235,7 @@ fn poll_first_byte(
         crate::sockopt::send_fin(stream);
         return Poll::Ready(None);
     }
-    if ordered || ctx.shared.draining.is_cancelled() {
+    if ordered || ctx.shared.drain_started() {
         return Poll::Ready(None);
     }
     Poll::Pending
@@ -408,7 +408,6 @@ async fn run_connection<I>(
         let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
         tokio::pin!(served);
         let mut closing = false;
-        let draining = &ctx.shared.draining;
         // One timer per connection, looked at only when it fires: requests start
         // and end without waking this task. At each wake it is re-armed to the
         // earliest moment something could be due: a head's `header_read`, the first
@@ -471,10 +470,11 @@ async fn run_connection<I>(
                 }
                 // An order, or the start of a drain: the drain's nudge wakes this
                 // task through the table, so no waiter is kept on the drain token
-                // (shared by every connection; each poll of one takes its lock).
+                // (shared by every connection; each poll of one takes its lock),
+                // and its start is an atomic flag.
                 order = std::future::poll_fn(|cx| match table.poll_order(cx) {
                     std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
-                    std::task::Poll::Pending if !closing && draining.is_cancelled() => std::task::Poll::Ready(false),
+                    std::task::Poll::Pending if !closing && ctx.shared.drain_started() => std::task::Poll::Ready(false),
                     std::task::Poll::Pending => std::task::Poll::Pending,
                 }) => {
                     if order {
@@ -803,7 +803,7 @@ async fn handle_in_span(
             let abort = guard.backend().abort_token();
             let sent = tokio::select! {
                 s = client::send(&mut tx, req, up_head, settings.timeouts.response_header, settings.timeouts.idle, &exchange, reused) => s,
-                () = abort.cancelled() => Sent::Failed(
+                () = abort.0.cancelled() => Sent::Failed(
                     guard.backend().abort_cause(),
                     "the backend was drained or marked down while the request waited".to_string(),
                 ),
@@ -968,7 +968,7 @@ fn respond(
     guard: crate::pool::ActiveGuard,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     method: &Method,
-    abort: tokio_util::sync::CancellationToken,
+    abort: (tokio_util::sync::CancellationToken, u64),
 ) -> Response<RespBody> {
     let status = resp.status();
     exchange.with(|s| s.status = status.as_u16());

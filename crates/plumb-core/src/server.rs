@@ -31,8 +31,20 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown begins: HTTP connections finish what is in flight and
     /// close (GOAWAY, `Connection: close`).
     pub(crate) draining: CancellationToken,
+    /// Set with `draining`, before the table's nudge: what a connection's task looks
+    /// at on every wake-up (the token's own check takes its lock, shared by every
+    /// connection).
+    pub(crate) drain_started: std::sync::atomic::AtomicBool,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) recent: crate::recent::RecentErrors,
+}
+
+impl Shared {
+    /// Whether shutdown has begun (see `drain_started`).
+    pub(crate) fn drain_started(&self) -> bool {
+        self.drain_started
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// A configured load balancer, ready to run.
@@ -116,6 +128,7 @@ impl Server {
                 access_log,
                 tasks: TaskTracker::new(),
                 draining: CancellationToken::new(),
+                drain_started: std::sync::atomic::AtomicBool::new(false),
                 metrics,
                 recent: crate::recent::RecentErrors::default(),
             }),
@@ -345,8 +358,11 @@ impl Server {
         );
         self.stop.cancel();
         self.shared.draining.cancel();
-        // Connections still waiting for their first byte wait on no token: wake
-        // them to see it.
+        self.shared
+            .drain_started
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Connections wait on no token (still waiting for a first byte, or served):
+        // wake them to see it.
         self.shared.conns.nudge_all();
         for pool in read(&self.pools).values() {
             pool.stop();

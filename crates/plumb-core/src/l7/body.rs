@@ -326,6 +326,8 @@ pub(crate) struct Tracked<B: Body> {
 /// never registers, boxes or unregisters a waiter.
 struct AbortWatch {
     token: tokio_util::sync::CancellationToken,
+    /// The backend's count of aborts when the request began.
+    aborts: u64,
     waiting: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     backend: Arc<crate::pool::Backend>,
 }
@@ -372,10 +374,11 @@ impl<B: Body> Tracked<B> {
     pub(crate) fn abort_on(
         mut self,
         backend: Arc<crate::pool::Backend>,
-        token: tokio_util::sync::CancellationToken,
+        (token, aborts): (tokio_util::sync::CancellationToken, u64),
     ) -> Tracked<B> {
         self.abort = Some(AbortWatch {
             token,
+            aborts,
             waiting: None,
             backend,
         });
@@ -440,7 +443,11 @@ where
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.abort.as_ref().is_some_and(|a| a.token.is_cancelled()) {
+        if this
+            .abort
+            .as_ref()
+            .is_some_and(|a| a.backend.aborted_since(a.aborts))
+        {
             return this.aborted();
         }
         // The idle timer measures silence from the moment the next chunk is asked

@@ -83,6 +83,9 @@ pub struct Backend {
     /// HTTP requests in flight to this backend watch this token; drain deadlines and
     /// mark-downs cancel it (and put a fresh one in its place).
     http_abort: Mutex<CancellationToken>,
+    /// Counts the aborts: a response body compares it with the count when its
+    /// request began, an atomic load where the token's own check takes its lock.
+    aborts: std::sync::atomic::AtomicU64,
     /// Why the last abort happened.
     abort_cause: Mutex<Option<Cause>>,
     /// Pre-opened idle connections (`upstream.preconnect`), newest last.
@@ -128,6 +131,7 @@ impl Backend {
             api_managed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             http_abort: Mutex::new(CancellationToken::new()),
+            aborts: std::sync::atomic::AtomicU64::new(0),
             abort_cause: Mutex::new(None),
             gone: CancellationToken::new(),
         }
@@ -328,21 +332,26 @@ impl Backend {
         self.ejections.store(0, Ordering::Relaxed);
     }
 
-    /// The token HTTP requests to this backend watch while in flight.
-    pub(crate) fn abort_token(&self) -> CancellationToken {
-        self.http_abort
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The token HTTP requests to this backend watch while in flight, and the
+    /// count of aborts before it (see [`Backend::aborted_since`]).
+    pub(crate) fn abort_token(&self) -> (CancellationToken, u64) {
+        let token = self.http_abort.lock().unwrap_or_else(|p| p.into_inner());
+        (token.clone(), self.aborts.load(Ordering::Acquire))
+    }
+
+    /// Whether requests were aborted since the count `before` was taken.
+    pub(crate) fn aborted_since(&self, before: u64) -> bool {
+        self.aborts.load(Ordering::Acquire) != before
     }
 
     /// Ends every HTTP request in flight to this backend, for `cause`.
     pub(crate) fn abort_http(&self, cause: Cause) {
         *self.abort_cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
-        let old = std::mem::replace(
-            &mut *self.http_abort.lock().unwrap_or_else(|p| p.into_inner()),
-            CancellationToken::new(),
-        );
+        let old = {
+            let mut token = self.http_abort.lock().unwrap_or_else(|p| p.into_inner());
+            self.aborts.fetch_add(1, Ordering::AcqRel);
+            std::mem::replace(&mut *token, CancellationToken::new())
+        };
         old.cancel();
     }
 
