@@ -367,6 +367,7 @@ async fn run_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use std::task::Poll;
     let conn = Arc::new(HttpConn {
         ctx: Arc::clone(ctx),
         peer,
@@ -473,9 +474,9 @@ async fn run_connection<I>(
                 // (shared by every connection; each poll of one takes its lock),
                 // and its start is an atomic flag.
                 order = std::future::poll_fn(|cx| match table.poll_order(cx) {
-                    std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
-                    std::task::Poll::Pending if !closing && ctx.shared.drain_started() => std::task::Poll::Ready(false),
-                    std::task::Poll::Pending => std::task::Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(true),
+                    Poll::Pending if !closing && ctx.shared.drain_started() => Poll::Ready(false),
+                    Poll::Pending => Poll::Pending,
                 }) => {
                     if order {
                         // Forced close (shutdown grace over): drop the connection.
@@ -800,10 +801,10 @@ async fn handle_in_span(
             // A drain deadline or a mark-down ends the wait for the response too.
             exchange.with(|s| s.upstream_stream = Some(Arc::clone(tx.stream())));
             conn.table.set_legs(None, Some(tx.stream()));
-            let abort = guard.backend().abort_token();
+            let abort = guard.backend().abort_ticket();
             let sent = tokio::select! {
                 s = client::send(&mut tx, req, up_head, settings.timeouts.response_header, settings.timeouts.idle, &exchange, reused) => s,
-                () = abort.0.cancelled() => Sent::Failed(
+                () = abort.token.cancelled() => Sent::Failed(
                     guard.backend().abort_cause(),
                     "the backend was drained or marked down while the request waited".to_string(),
                 ),
@@ -968,7 +969,7 @@ fn respond(
     guard: crate::pool::ActiveGuard,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     method: &Method,
-    abort: (tokio_util::sync::CancellationToken, u64),
+    abort: crate::pool::AbortTicket,
 ) -> Response<RespBody> {
     let status = resp.status();
     exchange.with(|s| s.status = status.as_u16());

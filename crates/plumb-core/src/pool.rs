@@ -22,6 +22,7 @@ use plumb_config::model::{self, DrainClose, OnMarkedDown};
 use crate::cause::Cause;
 use crate::conntable::{CloseHow, CloseOrder, ConnTable};
 
+pub(crate) use backend::AbortTicket;
 pub use backend::{ActiveGuard, Backend, BackendState, CheckReport};
 pub use balance::Balancer;
 

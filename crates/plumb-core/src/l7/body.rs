@@ -320,14 +320,12 @@ pub(crate) struct Tracked<B: Body> {
     abort: Option<AbortWatch>,
 }
 
-/// The backend's abort token as it was when the response began (an abort replaces
-/// it), and the wait on it, made only once the body has to wait for bytes: a
-/// response whose bytes are all in (most small ones) checks the token's flag and
+/// The backend's abort ticket as it was when the request began, and the wait on
+/// its token, made only once the body has to wait for bytes: a response whose
+/// bytes are all in (most small ones) checks the backend's count of aborts and
 /// never registers, boxes or unregisters a waiter.
 struct AbortWatch {
-    token: tokio_util::sync::CancellationToken,
-    /// The backend's count of aborts when the request began.
-    aborts: u64,
+    ticket: crate::pool::AbortTicket,
     waiting: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     backend: Arc<crate::pool::Backend>,
 }
@@ -369,16 +367,15 @@ impl<B: Body> Tracked<B> {
         self
     }
 
-    /// Ends the body when `token` (the backend's abort token the request was sent
-    /// under: an abort replaces it) is cancelled.
+    /// Ends the body when the backend aborts the requests of `ticket` (taken when
+    /// the request was sent).
     pub(crate) fn abort_on(
         mut self,
         backend: Arc<crate::pool::Backend>,
-        (token, aborts): (tokio_util::sync::CancellationToken, u64),
+        ticket: crate::pool::AbortTicket,
     ) -> Tracked<B> {
         self.abort = Some(AbortWatch {
-            token,
-            aborts,
+            ticket,
             waiting: None,
             backend,
         });
@@ -446,7 +443,7 @@ where
         if this
             .abort
             .as_ref()
-            .is_some_and(|a| a.backend.aborted_since(a.aborts))
+            .is_some_and(|a| a.backend.aborted_since(a.ticket.count))
         {
             return this.aborted();
         }
@@ -510,9 +507,12 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some(AbortWatch { token, waiting, .. }) = &mut this.abort {
-                    let wait =
-                        waiting.get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+                if let Some(AbortWatch {
+                    ticket, waiting, ..
+                }) = &mut this.abort
+                {
+                    let wait = waiting
+                        .get_or_insert_with(|| Box::pin(ticket.token.clone().cancelled_owned()));
                     if wait.as_mut().poll(cx).is_ready() {
                         return this.aborted();
                     }

@@ -724,11 +724,7 @@ mod tests {
                 std::io::IoSlice::advance_slices(&mut left, n);
                 sent += n;
             }
-            let mut got = vec![0u8; want.len()];
-            tokio::time::timeout(WAIT, theirs.read_exact(&mut got))
-                .await
-                .expect("bytes went missing")
-                .unwrap();
+            let got = arrived(&mut theirs, want.len()).await;
             assert!(
                 got == want,
                 "bytes changed on the way ({} bytes)",
@@ -737,7 +733,19 @@ mod tests {
         }
     }
 
-    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    /// The next `n` bytes the peer gets, within 10 s: bytes that went missing fail
+    /// the test rather than hang it.
+    async fn arrived(theirs: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            theirs.read_exact(&mut got),
+        )
+        .await
+        .expect("fewer bytes arrived than were written")
+        .unwrap();
+        got
+    }
 
     /// Up to a full send buffer, each small gathered write says how many bytes it
     /// took, and exactly those bytes arrive: a count that ran ahead of a short send
@@ -765,11 +773,7 @@ mod tests {
             want.extend_from_slice(&[&head[..], &body[..]].concat()[..n]);
         }
         assert!(short > 0, "the buffer never filled into a short write");
-        let mut got = vec![0u8; want.len()];
-        tokio::time::timeout(WAIT, theirs.read_exact(&mut got))
-            .await
-            .expect("fewer bytes arrived than the writes counted")
-            .unwrap();
+        let got = arrived(&mut theirs, want.len()).await;
         assert!(
             got == want,
             "the bytes that arrived differ from those counted"

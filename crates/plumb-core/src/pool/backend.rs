@@ -47,6 +47,16 @@ pub struct CheckReport {
     pub at_ms: u64,
 }
 
+/// What an HTTP request to a backend watches while in flight: the token an abort
+/// cancels (and then replaces), to wait on, and the count of aborts when the
+/// request began, to check with an atomic load ([`Backend::aborted_since`]; the
+/// token's own check takes its lock, shared by every request to the backend).
+#[derive(Debug, Clone)]
+pub(crate) struct AbortTicket {
+    pub(crate) token: CancellationToken,
+    pub(crate) count: u64,
+}
+
 /// A backend of a pool.
 #[derive(Debug)]
 pub struct Backend {
@@ -332,11 +342,13 @@ impl Backend {
         self.ejections.store(0, Ordering::Relaxed);
     }
 
-    /// The token HTTP requests to this backend watch while in flight, and the
-    /// count of aborts before it (see [`Backend::aborted_since`]).
-    pub(crate) fn abort_token(&self) -> (CancellationToken, u64) {
+    /// What an HTTP request to this backend watches while in flight.
+    pub(crate) fn abort_ticket(&self) -> AbortTicket {
         let token = self.http_abort.lock().unwrap_or_else(|p| p.into_inner());
-        (token.clone(), self.aborts.load(Ordering::Acquire))
+        AbortTicket {
+            token: token.clone(),
+            count: self.aborts.load(Ordering::Acquire),
+        }
     }
 
     /// Whether requests were aborted since the count `before` was taken.
@@ -344,7 +356,8 @@ impl Backend {
         self.aborts.load(Ordering::Acquire) != before
     }
 
-    /// Ends every HTTP request in flight to this backend, for `cause`.
+    /// Ends every HTTP request in flight to this backend, for `cause`: cancels their
+    /// token and counts the abort.
     pub(crate) fn abort_http(&self, cause: Cause) {
         *self.abort_cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
         let old = {

@@ -170,17 +170,17 @@ async fn register_adds_updates_and_restores() {
 #[test]
 fn an_abort_shows_in_the_count_a_request_took_with_its_token() {
     let b = Backend::new(addr(9001), 1);
-    let (before, count) = b.abort_token();
-    assert!(!b.aborted_since(count), "nothing aborted yet");
+    let before = b.abort_ticket();
+    assert!(!b.aborted_since(before.count), "nothing aborted yet");
     b.abort_http(Cause::BackendMarkedDown);
     assert!(
-        before.is_cancelled(),
+        before.token.is_cancelled(),
         "the token of requests in flight is cancelled"
     );
-    assert!(b.aborted_since(count), "and their count is behind");
+    assert!(b.aborted_since(before.count), "and their count is behind");
     assert_eq!(b.abort_cause(), Cause::BackendMarkedDown);
     // Requests that start afterwards get a fresh token and the new count.
-    let (after, count) = b.abort_token();
-    assert!(!after.is_cancelled());
-    assert!(!b.aborted_since(count));
+    let after = b.abort_ticket();
+    assert!(!after.token.is_cancelled());
+    assert!(!b.aborted_since(after.count));
 }
