@@ -12,6 +12,7 @@
 
 mod body;
 pub(crate) mod client;
+mod front;
 pub(crate) mod h1;
 pub(crate) mod headers;
 mod io;
@@ -21,12 +22,12 @@ mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -45,6 +46,32 @@ use client::{Sent, UpBody};
 /// What plumb answers with.
 pub(crate) type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, client::BoxError>;
 
+/// What the handler answers: the response, and, when plumb read it from the backend
+/// itself, the backend's fields as they came (written out as they are to an HTTP/1.1
+/// client, see `front`; joined into the response's map for hyper's server).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    resp: Response<RespBody>,
+    raw: Option<h1::RawFields>,
+}
+
+impl Answer {
+    /// The response as hyper's server takes it.
+    fn into_response(self) -> Response<RespBody> {
+        let mut resp = self.resp;
+        if let Some(raw) = self.raw {
+            raw.append_to(resp.headers_mut());
+        }
+        resp
+    }
+}
+
+impl From<Response<RespBody>> for Answer {
+    fn from(resp: Response<RespBody>) -> Answer {
+        Answer { resp, raw: None }
+    }
+}
+
 /// One client connection.
 #[derive(Debug)]
 struct HttpConn {
@@ -62,6 +89,9 @@ struct HttpConn {
     stream: Option<Arc<TcpStream>>,
     /// This connection's entry in the connection table.
     table: Arc<crate::conntable::Conn>,
+    /// plumb is closing the connection (its keep-alive idle time, a drain): no
+    /// request after the one in flight, which is answered with `connection: close`.
+    closing: AtomicBool,
 }
 
 impl HttpConn {
@@ -81,6 +111,14 @@ impl HttpConn {
             *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             self.watch.idle();
         }
+    }
+
+    fn close_soon(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
@@ -377,9 +415,13 @@ async fn run_connection<I>(
         watch: Arc::clone(&watch),
         stream: plain.cloned(),
         table: Arc::clone(table),
+        closing: AtomicBool::new(false),
     });
     let svc_conn = Arc::clone(&conn);
-    let service = service_fn(move |req| handle(Arc::clone(&svc_conn), req));
+    let service = service_fn(move |req| {
+        let answer = handle(Arc::clone(&svc_conn), req);
+        async move { answer.await.map(Answer::into_response) }
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Plain listeners: plumb's own head timer (below) answers 408, and hyper's is
     // off (it would arm a boxed timer for every request). TLS listeners keep hyper's
@@ -406,7 +448,30 @@ async fn run_connection<I>(
     // pre-opened connections end this way).
     let opened = Instant::now();
     {
-        let served = builder.serve_connection_with_upgrades(TokioIo::new(client_io), service);
+        // plumb serves HTTP/1.1 requests without a body itself (`front`); the first
+        // request it does not serve hands the connection to hyper for good.
+        let own = Arc::clone(&conn);
+        let served = async move {
+            let mut io = client_io;
+            let rest = match front::serve(&own, &mut io).await {
+                front::Ended::Closed => return Ok(()),
+                front::Ended::HandOff(rest) => rest,
+            };
+            let served = builder.serve_connection_with_upgrades(
+                TokioIo::new(front::Rewind::new(rest, io)),
+                service,
+            );
+            tokio::pin!(served);
+            let mut shut = false;
+            std::future::poll_fn(|cx| {
+                if !shut && own.closing() {
+                    served.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+                std::future::Future::poll(served.as_mut(), cx)
+            })
+            .await
+        };
         tokio::pin!(served);
         let mut closing = false;
         // One timer per connection, looked at only when it fires: requests start
@@ -449,7 +514,7 @@ async fn run_connection<I>(
                     }
                     let idle = conn.idle_deadline();
                     if !closing && idle.is_some_and(|d| now >= d) {
-                        served.as_mut().graceful_shutdown();
+                        conn.close_soon();
                         closing = true;
                     }
                     let mut next = idle.filter(|_| !closing).unwrap_or(now + keepalive_idle);
@@ -483,7 +548,7 @@ async fn run_connection<I>(
                         forced = true;
                         break;
                     }
-                    served.as_mut().graceful_shutdown();
+                    conn.close_soon();
                     closing = true;
                 }
             }
@@ -557,12 +622,14 @@ pub(crate) fn raw_error(
 /// One request, in its span. A plain function, not an `async fn` around
 /// `handle_in_span`: each async layer would keep its own copy of the request and
 /// make the future hyper holds (and moves) for every request larger.
-fn handle(
+fn handle<B>(
     conn: Arc<HttpConn>,
-    req: Request<Incoming>,
-) -> tracing::instrument::Instrumented<
-    impl std::future::Future<Output = Result<Response<RespBody>, Infallible>>,
-> {
+    req: Request<B>,
+) -> tracing::instrument::Instrumented<impl std::future::Future<Output = Result<Answer, Infallible>>>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<client::BoxError>,
+{
     let span = tracing::debug_span!(
         "request",
         method = %req.method(),
@@ -573,10 +640,11 @@ fn handle(
     tracing::Instrument::instrument(handle_in_span(conn, req), span)
 }
 
-async fn handle_in_span(
-    conn: Arc<HttpConn>,
-    mut req: Request<Incoming>,
-) -> Result<Response<RespBody>, Infallible> {
+async fn handle_in_span<B>(conn: Arc<HttpConn>, mut req: Request<B>) -> Result<Answer, Infallible>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<client::BoxError>,
+{
     let t0 = Instant::now();
     let header_read = conn.request_started();
     let ctx = Arc::clone(&conn.ctx);
@@ -970,7 +1038,7 @@ fn respond(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     method: &Method,
     abort: crate::pool::AbortTicket,
-) -> Response<RespBody> {
+) -> Answer {
     let status = resp.status();
     exchange.with(|s| s.status = status.as_u16());
     let guard_backend = &Arc::clone(guard.backend());
@@ -994,10 +1062,15 @@ fn respond(
             let empty = Empty::<Bytes>::new()
                 .map_err(|never| match never {})
                 .boxed_unsync();
-            return Response::from_parts(parts, empty);
+            return Response::from_parts(parts, empty).into();
         }
     }
     let (mut parts, mut body) = resp.into_parts();
+    // The fields of a response plumb read itself: hop-by-hop ones already left out.
+    let mut raw = match &mut body {
+        client::UpResp::Raw(b) => b.take_fields(),
+        client::UpResp::Hyper(_) => None,
+    };
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -1012,7 +1085,10 @@ fn respond(
             || parts.headers.contains_key(header::CONTENT_LENGTH)
             || parts.headers.contains_key(header::TRANSFER_ENCODING))
         && !headers::lists(&parts.headers, &header::CONNECTION, "close");
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    match &mut raw {
+        Some(raw) => raw.remove(ctx.rid_header.as_str()),
+        None => headers::strip_hop_by_hop(&mut parts.headers, false),
+    }
     parts.headers.insert(rid_header(ctx), request_id.clone());
     let keep = Arc::clone(pool);
     let max_idle = pool.settings().upstream.max_idle_per_backend;
@@ -1071,17 +1147,15 @@ fn respond(
     if no_body {
         body::end_now(&mut tracked);
     }
-    Response::from_parts(parts, tracked.boxed_unsync())
+    Answer {
+        resp: Response::from_parts(parts, tracked.boxed_unsync()),
+        raw,
+    }
 }
 
 /// An error made by plumb: the cause's status, `plumb-error`, the request id, and a
 /// short body naming the cause (with backend details only when the listener allows).
-fn error_response(
-    ctx: &ListenerCtx,
-    exchange: &Exchange,
-    cause: Cause,
-    detail: String,
-) -> Response<RespBody> {
+fn error_response(ctx: &ListenerCtx, exchange: &Exchange, cause: Cause, detail: String) -> Answer {
     let status = StatusCode::from_u16(cause.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let (rid, rid_text) = exchange.with(|s| (s.request_id.clone(), s.request_id().to_owned()));
     let mut text = format!(
@@ -1126,5 +1200,5 @@ fn error_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    resp.into()
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -228,13 +228,14 @@ pub(crate) async fn send(
 }
 
 /// The response head parsed: the body reads on from the connection's buffer.
-fn answer(conn: &mut RawConn, (parts, framing, reusable): Head) -> Sent {
+fn answer(conn: &mut RawConn, (parts, framing, reusable, fields): Head) -> Sent {
     let body = RawBody {
         stream: Arc::clone(&conn.stream),
         buf: std::mem::take(&mut conn.buf),
         framing,
         reusable,
         home: None,
+        fields: Some(fields),
     };
     Sent::Answered(Response::from_parts(parts, UpResp::Raw(body)))
 }
@@ -249,20 +250,123 @@ fn read_now(conn: &mut RawConn, head_request: bool) -> Option<Sent> {
         }
     }
     match parse_head(&mut conn.buf, head_request) {
-        Ok(Some((parts, framing, _))) => Some(answer(conn, (parts, framing, false))),
+        Ok(Some((parts, framing, _, fields))) => {
+            Some(answer(conn, (parts, framing, false, fields)))
+        }
         _ => None,
     }
 }
 
-type Head = (hyper::http::response::Parts, Framing, bool);
+type Head = (hyper::http::response::Parts, Framing, bool, RawFields);
+
+/// A response head's fields as the backend sent them, less the hop-by-hop ones: one
+/// copy of the head, and where each field's name and value lie in it. An HTTP/1.1
+/// client gets them written out as they came (`front`); only hyper's server (HTTP/2
+/// clients, connections handed to it) has them made into a `HeaderMap`, which costs
+/// a name lookup, a hash and a checked value per field.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RawFields {
+    head: Bytes,
+    lines: Vec<Line>,
+}
+
+/// Where one field's name and value lie in the head.
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl RawFields {
+    /// Each field's name and value, in the order the backend sent them.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.lines
+            .iter()
+            .map(|l| (self.bytes(l.name), self.bytes(l.value)))
+    }
+
+    fn bytes(&self, (from, to): (u32, u32)) -> &[u8] {
+        &self.head[from as usize..to as usize]
+    }
+
+    /// Leaves out every field named `name`.
+    pub(crate) fn remove(&mut self, name: &str) {
+        let head = &self.head;
+        self.lines.retain(|l| {
+            !head[l.name.0 as usize..l.name.1 as usize].eq_ignore_ascii_case(name.as_bytes())
+        });
+    }
+
+    /// Adds the fields to `map` (for hyper's server). The head parsed, so every
+    /// name and value is valid; one that were not would be left out.
+    pub(crate) fn append_to(&self, map: &mut HeaderMap) {
+        map.reserve(self.lines.len());
+        for l in &self.lines {
+            let name = HeaderName::from_bytes(self.bytes(l.name));
+            let value = HeaderValue::from_maybe_shared(
+                self.head.slice(l.value.0 as usize..l.value.1 as usize),
+            );
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+    }
+}
 
 /// Which of the fields that decide framing and reuse a head has.
 #[derive(Debug, Default, Clone, Copy)]
 struct Present {
-    transfer_encoding: bool,
+    /// `Transfer-Encoding`, and whether its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
     content_length: bool,
     /// `Connection` lists `close`.
     close: bool,
+}
+
+/// The Content-Length values of a head: the one length, or why there is none.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lengths {
+    length: Option<u64>,
+    bad: Option<&'static str>,
+}
+
+impl Lengths {
+    fn add(&mut self, value: &[u8]) {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok());
+            let why = match n {
+                None => Some("the response Content-Length is not a number"),
+                Some(n) if self.length.is_some_and(|l| l != n) => {
+                    Some("the response has Content-Length values that disagree")
+                }
+                Some(n) => {
+                    self.length = Some(n);
+                    None
+                }
+            };
+            if self.bad.is_none() {
+                self.bad = why;
+            }
+        }
+    }
+}
+
+/// `Connection` and `Transfer-Encoding` in `HOP_NAMES`.
+const CONNECTION: usize = 0;
+const TRANSFER_ENCODING: usize = 5;
+
+/// Which hop-by-hop field (`HOP_NAMES`) a field name is, in any case.
+fn hop(name: &[u8]) -> Option<usize> {
+    match name.len() {
+        2 | 7 | 10 | 16 | 17 | 19 => super::headers::HOP_NAMES
+            .iter()
+            .position(|h| name.eq_ignore_ascii_case(h.as_bytes())),
+        _ => None,
+    }
 }
 
 /// Parses a response head at the start of `buf` and takes it off. Interim responses
@@ -292,51 +396,73 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         } else {
             Version::HTTP_11
         };
-        // One allocation for all the values: the head is copied once and each value
-        // is a slice of the copy.
-        let copy = Bytes::copy_from_slice(&buf[..len]);
+        // One allocation for all the fields: the head is copied once and each field
+        // is where it lies in the copy.
         let base = buf.as_ptr() as usize;
-        let mut present = Present::default();
-        let mut headers = HeaderMap::with_capacity(r.headers.len());
-        for f in r.headers.iter() {
-            let name = HeaderName::from_bytes(f.name.as_bytes())
-                .map_err(|_| format!("the response header name {:?} is not valid", f.name))?;
-            let at = (f.value.as_ptr() as usize).wrapping_sub(base);
-            let value = if at < len && f.value.len() <= len - at {
-                HeaderValue::from_maybe_shared(copy.slice(at..at + f.value.len()))
+        let span = |s: &[u8]| -> Result<(u32, u32), String> {
+            let at = (s.as_ptr() as usize).wrapping_sub(base);
+            if at < len && s.len() <= len - at {
+                Ok((at as u32, (at + s.len()) as u32))
             } else {
-                HeaderValue::from_bytes(f.value)
+                Err("the response head does not parse".to_string())
             }
-            .map_err(|_| format!("the value of response header {name} is not valid"))?;
-            if name == header::TRANSFER_ENCODING {
-                present.transfer_encoding = true;
-            } else if name == header::CONTENT_LENGTH {
-                present.content_length = true;
-            } else if name == header::CONNECTION {
-                // Hop-by-hop, never passed on: a line of only the usual tokens is
-                // noted and left out here rather than removed from the map later.
-                // One naming other fields stays, for respond's strip to act on.
-                let mut usual = true;
-                for t in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    present.close |= t.eq_ignore_ascii_case(b"close");
-                    usual &= super::headers::names_no_field(t);
+        };
+        let mut present = Present::default();
+        let mut lengths = Lengths::default();
+        let mut lines = Vec::with_capacity(r.headers.len());
+        // Fields a `Connection` line names: hop-by-hop too (RFC 9110 §7.6.1).
+        let mut named: Vec<&[u8]> = Vec::new();
+        for f in r.headers.iter() {
+            let name = f.name.as_bytes();
+            match hop(name) {
+                Some(CONNECTION) => {
+                    for t in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                        present.close |= t.eq_ignore_ascii_case(b"close");
+                        if !super::headers::names_no_field(t) {
+                            named.push(t);
+                        }
+                    }
                 }
-                if usual {
-                    continue;
+                // The last coding decides.
+                Some(TRANSFER_ENCODING) => {
+                    let last = f
+                        .value
+                        .split(|b| *b == b',')
+                        .map(<[u8]>::trim_ascii)
+                        .rfind(|t| !t.is_empty());
+                    present.transfer_encoding = match last {
+                        Some(t) => Some(t.eq_ignore_ascii_case(b"chunked")),
+                        None => present.transfer_encoding.or(Some(false)),
+                    };
                 }
-            } else if name == super::headers::KEEP_ALIVE {
-                continue; // Hop-by-hop, never passed on.
+                Some(_) => {}
+                None => {
+                    if name.eq_ignore_ascii_case(b"content-length") {
+                        present.content_length = true;
+                        lengths.add(f.value);
+                    }
+                    lines.push(Line {
+                        name: span(name)?,
+                        value: span(f.value)?,
+                    });
+                }
             }
-            headers.append(name, value);
         }
         let reason = r.reason.filter(|r| Some(*r) != status.canonical_reason());
         let reason = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
+        let head = Bytes::copy_from_slice(&buf[..len]);
+        let mut raw = RawFields { head, lines };
+        for n in &named {
+            if let Ok(n) = std::str::from_utf8(n) {
+                raw.remove(n);
+            }
+        }
         buf.advance(len);
 
-        let framing = framing(&mut headers, present, status, head_request)?;
+        let framing = framing(&mut raw, present, lengths, status, head_request)?;
         // Transfer-Encoding with Content-Length is how responses are smuggled (RFC
         // 9112 §6.3): read by the coding, and the connection is not used again.
-        let smuggling = present.transfer_encoding && present.content_length;
+        let smuggling = present.transfer_encoding.is_some() && present.content_length;
         let reusable = version == Version::HTTP_11
             && !matches!(framing, Framing::UntilClose)
             && !smuggling
@@ -344,57 +470,43 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
-        *resp.headers_mut() = headers;
         if let Some(reason) = reason {
             resp.extensions_mut().insert(reason);
         }
         let (parts, ()) = resp.into_parts();
-        return Ok(Some((parts, framing, reusable)));
+        return Ok(Some((parts, framing, reusable, raw)));
     }
 }
 
 /// How the response body ends (RFC 9112 §6.3).
 fn framing(
-    headers: &mut HeaderMap,
+    raw: &mut RawFields,
     present: Present,
+    lengths: Lengths,
     status: StatusCode,
     head: bool,
 ) -> Result<Framing, String> {
     if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
-    if present.transfer_encoding {
+    if let Some(chunked) = present.transfer_encoding {
         // The coding decides; a Content-Length beside it is wrong and is not passed on.
         if present.content_length {
-            headers.remove(header::CONTENT_LENGTH);
+            raw.remove("content-length");
         }
-        let last = super::headers::tokens(headers, &header::TRANSFER_ENCODING)
-            .filter(|t| !t.is_empty())
-            .last();
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::UntilClose,
+        return Ok(if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::UntilClose
         });
     }
     if !present.content_length {
         return Ok(Framing::UntilClose);
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let n = std::str::from_utf8(part)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| "the response Content-Length is not a number".to_string())?;
-            if length.is_some_and(|l| l != n) {
-                return Err("the response has Content-Length values that disagree".into());
-            }
-            length = Some(n);
-        }
+    if let Some(why) = lengths.bad {
+        return Err(why.to_string());
     }
-    Ok(match length {
+    Ok(match lengths.length {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
@@ -449,6 +561,8 @@ pub(crate) struct RawBody {
     framing: Framing,
     reusable: bool,
     home: Option<Home>,
+    /// The response head's fields, until `respond` takes them.
+    fields: Option<RawFields>,
 }
 
 impl std::fmt::Debug for RawBody {
@@ -461,6 +575,11 @@ impl std::fmt::Debug for RawBody {
 }
 
 impl RawBody {
+    /// The response head's fields (once).
+    pub(crate) fn take_fields(&mut self) -> Option<RawFields> {
+        self.fields.take()
+    }
+
     /// Sets where the connection goes when the body ends; at once if it already has.
     pub(crate) fn home(&mut self, home: Home) {
         self.home = Some(home);

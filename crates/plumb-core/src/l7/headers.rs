@@ -26,7 +26,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 
 /// `HOP_BY_HOP` as text, in the same order (the configuration's list, which also
 /// keeps these names from being the request-id header).
-const HOP_NAMES: [&str; 8] = plumb_config::model::HOP_BY_HOP_HEADERS;
+pub(crate) const HOP_NAMES: [&str; 8] = plumb_config::model::HOP_BY_HOP_HEADERS;
 
 /// Which of `HOP_BY_HOP` `name` is. Lengths first: most names have none of the six
 /// lengths. Compared as text against `HOP_NAMES`: comparing `HeaderName`s, or taking

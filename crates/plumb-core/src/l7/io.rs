@@ -87,6 +87,17 @@ impl HeadWatch {
         *self.started.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Bytes read earlier (behind a request, pipelined) begin the next head now
+    /// that nothing is in flight: its `header_read` runs from here.
+    pub(crate) fn head_pending(&self) {
+        if self.waiting.load(Ordering::Acquire) {
+            let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+            if started.is_none() {
+                *started = Some(Instant::now());
+            }
+        }
+    }
+
     fn bytes(&self, data: &[u8]) {
         if !self.seen_first.swap(true, Ordering::AcqRel)
             && data.starts_with(&H2_PREFACE[..data.len().min(H2_PREFACE.len())])
@@ -94,12 +105,7 @@ impl HeadWatch {
         {
             self.h2.store(true, Ordering::Release);
         }
-        if self.waiting.load(Ordering::Acquire) {
-            let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
-            if started.is_none() {
-                *started = Some(Instant::now());
-            }
-        }
+        self.head_pending();
     }
 }
 
