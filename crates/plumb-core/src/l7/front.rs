@@ -12,14 +12,17 @@
 //! hyper serves it exactly as it serves every connection without this path: its
 //! errors (400, 431) are plumb's, through `ClientIo`, as before.
 //!
-//! What a client sees matches hyper's server: lower-case field names as the handler
-//! leaves them, the body framed by its length when known and chunked otherwise,
-//! trailers only to a client that sent `TE: trailers`, `connection: close` on the
-//! last response (the client's `Connection: close`, plumb closing the connection),
-//! and a `date` field when the response has none. A client that closes (or resets)
-//! while its request is in flight ends the exchange as it does under hyper
-//! (`client_closed_early`); a response body that fails mid-way ends the connection
-//! without its last chunk, so that the client sees it cut.
+//! What a client sees matches hyper's server: the body framed by its length when
+//! known and chunked otherwise, no trailers (the `Trailer` field that would
+//! announce them is hop-by-hop, so hyper's server sent none either), no length on
+//! a 1xx or 204, `connection: close` on the last response (the client's
+//! `Connection: close`, plumb closing the connection), and a `date` field when the
+//! response has none. Field names are plumb's own in lower case and a backend's as
+//! it sent them. A client that closes (or resets) while its request is in flight,
+//! or while a response waits for the backend's next bytes, ends the exchange as it
+//! does under hyper (`client_closed_early`); one that closes behind a pipelined
+//! request has that request answered first. A response body that fails mid-way
+//! ends the connection without its last chunk, so that the client sees it cut.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -45,6 +48,8 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Response bytes gathered before a write: a head and a short body go out in one
 /// `send`; a larger body frame is written as it is, not copied.
 const GATHER: usize = 16 * 1024;
+/// The response buffer's first size.
+const OUT_START: usize = 1024;
 /// The HTTP/2 connection preface (prior knowledge, h2c).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -65,8 +70,6 @@ struct Head {
     head_method: bool,
     /// The client sent `Connection: close`.
     close: bool,
-    /// The client sent `TE: trailers`.
-    trailers: bool,
 }
 
 #[derive(Debug)]
@@ -90,7 +93,8 @@ where
     // As much as hyper would buffer for a head before its 431.
     let limit = conn.ctx.settings.max_header_bytes.max(8192);
     let mut buf = BytesMut::new();
-    let mut out: Vec<u8> = Vec::new();
+    // Room for a usual head and a short body: no regrowth field by field.
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_START);
     let mut first = true;
     loop {
         let head = loop {
@@ -135,12 +139,11 @@ where
             req,
             head_method,
             close,
-            trailers,
         } = head;
 
         // The exchange, while the client is watched: its close (or reset) abandons
-        // the request, as hyper does; bytes it sends meanwhile (a pipelined request)
-        // are kept, up to what a head may take.
+        // the request, as hyper does. Only while nothing is buffered behind the
+        // request: a client that pipelined and then closed gets its answers.
         let exchange = super::handle(Arc::clone(conn), req);
         tokio::pin!(exchange);
         let resp = poll_fn(|cx| {
@@ -150,12 +153,8 @@ where
                     Err(never) => match never {},
                 }));
             }
-            while buf.len() < limit {
-                match read_more(io, cx, &mut buf) {
-                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Pending => break,
-                }
+            if client_gone(io, cx, &mut buf) {
+                return Poll::Ready(None);
             }
             Poll::Pending
         })
@@ -164,9 +163,13 @@ where
             return Ended::Closed;
         };
         let last = close || conn.closing();
-        if let Err(e) = respond(io, &mut out, resp, head_method, last, trailers).await {
+        if let Err(e) = respond(io, &mut buf, &mut out, resp, head_method, last).await {
             tracing::debug!(error = %e, "the response to the client was cut");
             return Ended::Closed;
+        }
+        // An idle connection keeps no large write buffer.
+        if out.capacity() > 4096 {
+            out = Vec::with_capacity(OUT_START);
         }
         if last {
             let _ = io.shutdown().await;
@@ -177,6 +180,16 @@ where
             conn.watch.head_pending();
         }
     }
+}
+
+/// Whether the client closed (or reset) its connection, looked at only while
+/// nothing it sent is buffered: bytes that arrive are kept (the next head) and end
+/// the watch.
+fn client_gone<I: AsyncRead + Unpin>(io: &mut I, cx: &mut Context<'_>, buf: &mut BytesMut) -> bool {
+    if !buf.is_empty() {
+        return false;
+    }
+    matches!(read_more(io, cx, buf), Poll::Ready(Ok(0) | Err(_)))
 }
 
 /// One read into `buf`, with room made first.
@@ -231,7 +244,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     };
     let mut headers = HeaderMap::with_capacity(r.headers.len());
     let mut close = false;
-    let mut trailers = false;
     for f in r.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
             return Parsed::Hyper;
@@ -245,8 +257,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         }
         if name == header::CONNECTION {
             close |= list_has(f.value, b"close");
-        } else if name == header::TE {
-            trailers |= list_has(f.value, b"trailers");
         }
         let Ok(value) = HeaderValue::from_maybe_shared(part(f.value)) else {
             return Parsed::Hyper;
@@ -264,7 +274,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         req,
         head_method,
         close,
-        trailers,
     })
 }
 
@@ -278,14 +287,15 @@ fn list_has(value: &[u8], token: &[u8]) -> bool {
 /// Writes `resp` to the client: the head, then the body framed by its length (a
 /// `content-length` the handler kept, or the body's exact size) or in chunks.
 /// `head_method`: the request was HEAD (the head only). `last`: the connection
-/// closes after it.
-async fn respond<I: AsyncWrite + Unpin>(
+/// closes after it. `read`: the client's read buffer (its close is watched for
+/// while the body waits for the backend).
+async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut I,
+    read: &mut BytesMut,
     out: &mut Vec<u8>,
     answer: Answer,
     head_method: bool,
     last: bool,
-    trailers: bool,
 ) -> io::Result<()> {
     let (parts, mut body) = answer.resp.into_parts();
     let status = parts.status;
@@ -299,24 +309,30 @@ async fn respond<I: AsyncWrite + Unpin>(
         None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
+    // RFC 9112 §6.3: no body, and no framing, for 1xx, 204 and 304; no length at
+    // all on a 1xx or 204 (RFC 9110 §8.6).
+    let no_framing = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
     let mut has_date = false;
     let mut has_length = false;
-    for (name, value) in &parts.headers {
-        if name == header::DATE {
-            has_date = true;
-        } else if name == header::CONTENT_LENGTH {
-            has_length = true;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    // The backend's fields, as it sent them.
-    for (name, value) in answer.raw.iter().flat_map(|r| r.iter()) {
+    // plumb's fields (lower case), then the backend's as it sent them. One length
+    // line: a repeated one is not passed on twice.
+    let fields = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .chain(answer.raw.iter().flat_map(|r| r.iter()));
+    for (name, value) in fields {
         match name.len() {
             4 => has_date |= name.eq_ignore_ascii_case(b"date"),
-            14 => has_length |= name.eq_ignore_ascii_case(b"content-length"),
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                if has_length || no_length {
+                    continue;
+                }
+                has_length = true;
+            }
             _ => {}
         }
         out.extend_from_slice(name);
@@ -324,10 +340,6 @@ async fn respond<I: AsyncWrite + Unpin>(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    // RFC 9112 §6.3: no body, and no framing, for 1xx, 204 and 304.
-    let no_framing = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
     let mut chunked = false;
     if !no_framing && !has_length {
         let exact = body.size_hint().exact();
@@ -358,10 +370,9 @@ async fn respond<I: AsyncWrite + Unpin>(
         return io.flush().await;
     }
 
-    let mut trailer_fields: Option<HeaderMap> = None;
     loop {
         // A frame ready now joins the head in `out`; before waiting for one, what
-        // is gathered goes out.
+        // is gathered goes out, flushed (TLS), and the client is watched.
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(f) => f,
             Poll::Pending => {
@@ -369,7 +380,17 @@ async fn respond<I: AsyncWrite + Unpin>(
                     io.write_all(out).await?;
                     out.clear();
                 }
-                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                io.flush().await?;
+                poll_fn(|cx| {
+                    if let Poll::Ready(f) = Pin::new(&mut body).poll_frame(cx) {
+                        return Poll::Ready(Ok(f));
+                    }
+                    if client_gone(io, cx, read) {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::ConnectionAborted)));
+                    }
+                    Poll::Pending
+                })
+                .await?
             }
         };
         let frame = match frame {
@@ -377,14 +398,9 @@ async fn respond<I: AsyncWrite + Unpin>(
             Some(Ok(f)) => f,
             Some(Err(e)) => return Err(io::Error::other(e)),
         };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailer_fields = Some(t);
-                }
-                continue;
-            }
+        // Trailers are not passed on (see above).
+        let Ok(data) = frame.into_data() else {
+            continue;
         };
         if data.is_empty() {
             continue;
@@ -406,16 +422,7 @@ async fn respond<I: AsyncWrite + Unpin>(
         }
     }
     if chunked {
-        out.extend_from_slice(b"0\r\n");
-        if let Some(t) = trailer_fields.filter(|_| trailers) {
-            for (name, value) in &t {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
         io.write_all(out).await?;

@@ -20,16 +20,15 @@ fn parsed(head: &[u8]) -> (Parsed, BytesMut) {
 
 #[test]
 fn a_plain_get_is_served_here_and_taken_off_the_buffer() {
-    let (p, rest) = parsed(
-        b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: Keep-Alive, Close\r\n\r\nGET /next",
-    );
+    let (p, rest) =
+        parsed(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, Close\r\n\r\nGET /next");
     let Parsed::Head(h) = p else { panic!("{p:?}") };
     assert_eq!(&rest[..], b"GET /next", "the pipelined bytes stay");
     assert_eq!(h.req.uri(), "/a?b=1");
     assert_eq!(h.req.headers()["host"], "x");
-    assert!(h.close && h.trailers && !h.head_method);
+    assert!(h.close && !h.head_method);
     let (p, _) = parsed(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(matches!(p, Parsed::Head(h) if h.head_method && !h.close && !h.trailers));
+    assert!(matches!(p, Parsed::Head(h) if h.head_method && !h.close));
 }
 
 #[test]
@@ -91,24 +90,57 @@ fn full(text: &'static str) -> RespBody {
         .boxed_unsync()
 }
 
-async fn written(a: Answer, head_method: bool, last: bool, trailers: bool) -> String {
-    let mut wire: Vec<u8> = Vec::new();
-    let mut out = Vec::new();
-    respond(&mut wire, &mut out, a, head_method, last, trailers)
-        .await
-        .unwrap();
-    String::from_utf8(wire).unwrap()
+/// A client socket as `respond` sees it: what is written is kept; reads wait.
+#[derive(Default)]
+struct Wire(Vec<u8>);
+
+impl tokio::io::AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for Wire {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn written(a: Answer, head_method: bool, last: bool) -> String {
+    let mut wire = Wire::default();
+    respond(
+        &mut wire,
+        &mut BytesMut::new(),
+        &mut Vec::new(),
+        a,
+        head_method,
+        last,
+    )
+    .await
+    .unwrap();
+    String::from_utf8(wire.0).unwrap()
 }
 
 #[tokio::test]
 async fn a_known_length_is_sent_as_content_length_with_a_date_when_missing() {
-    let got = written(
-        answer(200, &[("x-a", "1")], full("hello")),
-        false,
-        false,
-        false,
-    )
-    .await;
+    let got = written(answer(200, &[("x-a", "1")], full("hello")), false, false).await;
     assert!(
         got.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\ndate: "),
         "{got}"
@@ -120,7 +152,6 @@ async fn a_known_length_is_sent_as_content_length_with_a_date_when_missing() {
         answer(404, &[("date", "Sun, 06 Nov 1994 08:49:37 GMT")], full("")),
         false,
         true,
-        false,
     )
     .await;
     assert_eq!(
@@ -130,46 +161,43 @@ async fn a_known_length_is_sent_as_content_length_with_a_date_when_missing() {
 }
 
 #[tokio::test]
-async fn an_unknown_length_is_chunked_and_trailers_go_only_to_who_asked() {
-    let frames = || {
-        let mut t = HeaderMap::new();
-        t.insert("x-sum", HeaderValue::from_static("7"));
-        Frames(vec![
-            Frame::data(Bytes::from_static(b"hello")),
-            Frame::data(Bytes::new()),
-            Frame::data(Bytes::from_static(b", world!!!")),
-            Frame::trailers(t),
-        ])
-        .boxed_unsync()
-    };
-    let got = written(answer(200, &[("date", "d")], frames()), false, false, true).await;
+async fn an_unknown_length_is_chunked_without_trailers() {
+    let mut t = HeaderMap::new();
+    t.insert("x-sum", HeaderValue::from_static("7"));
+    let frames = Frames(vec![
+        Frame::data(Bytes::from_static(b"hello")),
+        Frame::data(Bytes::new()),
+        Frame::data(Bytes::from_static(b", world!!!")),
+        Frame::trailers(t),
+    ])
+    .boxed_unsync();
+    let got = written(answer(200, &[("date", "d")], frames), false, false).await;
     assert_eq!(
         got,
-        "HTTP/1.1 200 OK\r\ndate: d\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\na\r\n, world!!!\r\n0\r\nx-sum: 7\r\n\r\n"
+        "HTTP/1.1 200 OK\r\ndate: d\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\na\r\n, world!!!\r\n0\r\n\r\n"
     );
-    let got = written(answer(200, &[("date", "d")], frames()), false, false, false).await;
-    assert!(got.ends_with("\r\n0\r\n\r\n"), "{got}");
 }
 
 #[tokio::test]
 async fn head_and_bodiless_statuses_send_no_body() {
     // HEAD: the length the body would have, and none of its bytes.
-    let got = written(
-        answer(200, &[("date", "d")], full("hello")),
-        true,
-        false,
-        false,
-    )
-    .await;
+    let got = written(answer(200, &[("date", "d")], full("hello")), true, false).await;
     assert_eq!(
         got,
         "HTTP/1.1 200 OK\r\ndate: d\r\ncontent-length: 5\r\n\r\n"
     );
-    // A length the backend gave is passed on as it is, and not doubled.
+    // A length the backend gave is passed on as it is, once.
     let got = written(
-        answer(200, &[("date", "d"), ("content-length", "100")], full("")),
+        answer(
+            200,
+            &[
+                ("date", "d"),
+                ("content-length", "100"),
+                ("content-length", "100"),
+            ],
+            full(""),
+        ),
         true,
-        false,
         false,
     )
     .await;
@@ -177,15 +205,18 @@ async fn head_and_bodiless_statuses_send_no_body() {
         got,
         "HTTP/1.1 200 OK\r\ndate: d\r\ncontent-length: 100\r\n\r\n"
     );
-    for status in [204, 304] {
+    // No body and no framing on a 204 or 304; a length only on the 304.
+    for (status, rest) in [(204, ""), (304, "content-length: 7\r\n")] {
         let got = written(
-            answer(status, &[("date", "d")], full("")),
-            false,
+            answer(status, &[("date", "d"), ("content-length", "7")], full("")),
             false,
             false,
         )
         .await;
-        assert!(got.ends_with("\r\ndate: d\r\n\r\n"), "{status}: {got}");
+        assert!(
+            got.ends_with(&format!("\r\ndate: d\r\n{rest}\r\n")),
+            "{status}: {got}"
+        );
     }
 }
 
@@ -195,7 +226,7 @@ async fn a_large_frame_is_written_whole_after_the_head() {
     let body = Full::new(Bytes::from(big.clone()))
         .map_err(|never| match never {})
         .boxed_unsync();
-    let got = written(answer(200, &[("date", "d")], body), false, false, false).await;
+    let got = written(answer(200, &[("date", "d")], body), false, false).await;
     let head = format!(
         "HTTP/1.1 200 OK\r\ndate: d\r\ncontent-length: {}\r\n\r\n",
         big.len()
@@ -204,32 +235,82 @@ async fn a_large_frame_is_written_whole_after_the_head() {
 }
 
 #[tokio::test]
-async fn a_body_that_fails_ends_the_response_with_an_error() {
-    struct Broken;
+async fn a_body_that_fails_mid_way_leaves_the_response_visibly_cut() {
+    /// One chunk, then (after a wait, so the head and the chunk go out) a failure.
+    struct Broken(u8);
     impl Body for Broken {
+        type Data = Bytes;
+        type Error = crate::l7::client::BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0 += 1;
+            match self.0 {
+                1 => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"abc"))))),
+                2 => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                _ => Poll::Ready(Some(Err("backend reset".into()))),
+            }
+        }
+    }
+    let mut wire = Wire::default();
+    let r = respond(
+        &mut wire,
+        &mut BytesMut::new(),
+        &mut Vec::new(),
+        answer(200, &[("date", "d")], Broken(0).boxed_unsync()),
+        false,
+        false,
+    )
+    .await;
+    assert!(r.is_err());
+    assert_eq!(
+        String::from_utf8(wire.0).unwrap(),
+        "HTTP/1.1 200 OK\r\ndate: d\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        "the head and the chunk went out, and no last chunk"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_closes_while_the_body_waits_ends_the_response() {
+    /// A body that never gives a frame.
+    struct Stalled;
+    impl Body for Stalled {
         type Data = Bytes;
         type Error = crate::l7::client::BoxError;
         fn poll_frame(
             self: Pin<&mut Self>,
             _cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(Some(Err("backend reset".into())))
+            Poll::Pending
         }
     }
-    let mut wire: Vec<u8> = Vec::new();
+    let (mut plumb_side, mut client) = tokio::io::duplex(4096);
+    let mut read = BytesMut::new();
     let mut out = Vec::new();
-    let r = respond(
-        &mut wire,
+    let responding = respond(
+        &mut plumb_side,
+        &mut read,
         &mut out,
-        answer(200, &[("date", "d")], Broken.boxed_unsync()),
+        answer(200, &[("date", "d")], Stalled.boxed_unsync()),
         false,
         false,
-        false,
-    )
-    .await;
-    assert!(r.is_err());
-    assert!(
-        !String::from_utf8_lossy(&wire).contains("0\r\n\r\n"),
-        "a cut body must not look complete"
     );
+    let closer = async move {
+        let mut head = [0u8; 16];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut head)
+            .await
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200 OK\r");
+        drop(client);
+    };
+    let (r, ()) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        tokio::join!(responding, closer)
+    })
+    .await
+    .expect("the client's close must end the wait for the body");
+    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionAborted);
 }
