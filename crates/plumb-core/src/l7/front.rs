@@ -38,7 +38,8 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{Answer, HttpConn};
+use super::io::H2_PREFACE;
+use super::{headers, Answer, HttpConn};
 
 /// The most header fields in a request head: hyper's server's limit (it answers 431
 /// beyond it, as plumb does after the hand-over).
@@ -50,8 +51,6 @@ const READ_CHUNK: usize = 8 * 1024;
 const GATHER: usize = 16 * 1024;
 /// The response buffer's first size.
 const OUT_START: usize = 1024;
-/// The HTTP/2 connection preface (prior knowledge, h2c).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How plumb's own serving of a connection ended.
 #[derive(Debug)]
@@ -256,7 +255,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::Hyper;
         }
         if name == header::CONNECTION {
-            close |= list_has(f.value, b"close");
+            close |= headers::list_items(f.value).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
         let Ok(value) = HeaderValue::from_maybe_shared(part(f.value)) else {
             return Parsed::Hyper;
@@ -275,13 +274,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         head_method,
         close,
     })
-}
-
-/// Whether a comma-separated field value lists `token` (case-insensitive).
-fn list_has(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Writes `resp` to the client: the head, then the body framed by its length (a

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::client::{before_response, BoxError, Sent, UpHead, UpResp};
+use super::headers;
 use super::io::read_drained;
 use crate::cause::{Cause, Side};
 
@@ -355,20 +356,6 @@ impl Lengths {
     }
 }
 
-/// `Connection` and `Transfer-Encoding` in `HOP_NAMES`.
-const CONNECTION: usize = 0;
-const TRANSFER_ENCODING: usize = 5;
-
-/// Which hop-by-hop field (`HOP_NAMES`) a field name is, in any case.
-fn hop(name: &[u8]) -> Option<usize> {
-    match name.len() {
-        2 | 7 | 10 | 16 | 17 | 19 => super::headers::HOP_NAMES
-            .iter()
-            .position(|h| name.eq_ignore_ascii_case(h.as_bytes())),
-        _ => None,
-    }
-}
-
 /// Parses a response head at the start of `buf` and takes it off. Interim responses
 /// (1xx other than 101) are skipped. `Ok(None)`: more bytes are needed.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, String> {
@@ -414,22 +401,18 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
         let mut named: Vec<&[u8]> = Vec::new();
         for f in r.headers.iter() {
             let name = f.name.as_bytes();
-            match hop(name) {
-                Some(CONNECTION) => {
-                    for t in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            match headers::hop_position(name) {
+                Some(headers::CONNECTION_HOP) => {
+                    for t in headers::list_items(f.value) {
                         present.close |= t.eq_ignore_ascii_case(b"close");
-                        if !super::headers::names_no_field(t) {
+                        if !headers::names_no_field(t) {
                             named.push(t);
                         }
                     }
                 }
                 // The last coding decides.
-                Some(TRANSFER_ENCODING) => {
-                    let last = f
-                        .value
-                        .split(|b| *b == b',')
-                        .map(<[u8]>::trim_ascii)
-                        .rfind(|t| !t.is_empty());
+                Some(headers::TRANSFER_ENCODING_HOP) => {
+                    let last = headers::list_items(f.value).rfind(|t| !t.is_empty());
                     present.transfer_encoding = match last {
                         Some(t) => Some(t.eq_ignore_ascii_case(b"chunked")),
                         None => present.transfer_encoding.or(Some(false)),

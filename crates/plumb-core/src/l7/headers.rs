@@ -28,15 +28,30 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// keeps these names from being the request-id header).
 pub(crate) const HOP_NAMES: [&str; 8] = plumb_config::model::HOP_BY_HOP_HEADERS;
 
-/// Which of `HOP_BY_HOP` `name` is. Lengths first: most names have none of the six
-/// lengths. Compared as text against `HOP_NAMES`: comparing `HeaderName`s, or taking
-/// each hop name's text from its `HeaderName`, cost several times more (callgrind).
-fn hop_index(name: &HeaderName) -> Option<usize> {
-    let s = name.as_str();
-    match s.len() {
-        2 | 7 | 10 | 16 | 17 | 19 => HOP_NAMES.iter().position(|hop| *hop == s),
+/// `Connection` and `Transfer-Encoding` in `HOP_NAMES`.
+pub(crate) const CONNECTION_HOP: usize = 0;
+pub(crate) const TRANSFER_ENCODING_HOP: usize = 5;
+
+/// Which of `HOP_BY_HOP` a field name is, in any case (a backend's, as it sent it).
+/// Lengths first: most names have none of the six lengths. Compared as text against
+/// `HOP_NAMES`: comparing `HeaderName`s, or taking each hop name's text from its
+/// `HeaderName`, cost several times more (callgrind).
+pub(crate) fn hop_position(name: &[u8]) -> Option<usize> {
+    match name.len() {
+        2 | 7 | 10 | 16 | 17 | 19 => HOP_NAMES
+            .iter()
+            .position(|hop| name.eq_ignore_ascii_case(hop.as_bytes())),
         _ => None,
     }
+}
+
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    hop_position(name.as_str().as_bytes())
+}
+
+/// The elements of a comma-separated field value as sent, trimmed (empty ones too).
+pub(crate) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. With

@@ -18,8 +18,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::cause::WriteStalled;
 
-/// The HTTP/2 connection preface.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The start of the HTTP/2 connection preface (enough to tell it from HTTP/1).
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// What the connection task learns from the bytes hyper reads.
 #[derive(Debug, Default)]
