@@ -418,9 +418,12 @@ async fn run_connection<I>(
         closing: AtomicBool::new(false),
     });
     let svc_conn = Arc::clone(&conn);
+    // The request's future is made inside the block, not captured by it: a block
+    // that captured it would hold it twice (once as made, once as awaited), and
+    // hyper's HTTP/2 server moves the whole of it into a task for every stream.
     let service = service_fn(move |req| {
-        let answer = handle(Arc::clone(&svc_conn), req);
-        async move { answer.await.map(Answer::into_response) }
+        let conn = Arc::clone(&svc_conn);
+        async move { handle(conn, req).await.map(Answer::into_response) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Plain listeners: plumb's own head timer (below) answers 408, and hyper's is
@@ -871,7 +874,7 @@ where
             conn.table.set_legs(None, Some(tx.stream()));
             let abort = guard.backend().abort_ticket();
             let sent = tokio::select! {
-                s = client::send(&mut tx, req, up_head, settings.timeouts.response_header, settings.timeouts.idle, &exchange, reused) => s,
+                s = Box::pin(client::send(&mut tx, req, up_head, settings.timeouts.response_header, settings.timeouts.idle, &exchange, reused)) => s,
                 () = abort.token.cancelled() => Sent::Failed(
                     guard.backend().abort_cause(),
                     "the backend was drained or marked down while the request waited".to_string(),
@@ -1048,7 +1051,9 @@ fn respond(
             let upstream_on = hyper::upgrade::on(&mut resp);
             let (mut parts, _) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
-            parts.headers.insert(rid_header(ctx), request_id.clone());
+            parts
+                .headers
+                .insert(rid_header(ctx), headers::id_field(request_id.clone()));
             exchange.with(|s| s.upgraded = true);
             ctx.shared.tasks.spawn(upgrade::tunnel(
                 Arc::clone(ctx),
@@ -1089,7 +1094,9 @@ fn respond(
         Some(raw) => raw.remove(ctx.rid_header.as_str()),
         None => headers::strip_hop_by_hop(&mut parts.headers, false),
     }
-    parts.headers.insert(rid_header(ctx), request_id.clone());
+    parts
+        .headers
+        .insert(rid_header(ctx), headers::id_field(request_id.clone()));
     let keep = Arc::clone(pool);
     let max_idle = pool.settings().upstream.max_idle_per_backend;
     let on_end: Box<dyn FnOnce() + Send> = match tx {
@@ -1193,7 +1200,7 @@ fn error_response(ctx: &ListenerCtx, exchange: &Exchange, cause: Cause, detail: 
     let h = resp.headers_mut();
     h.insert("plumb-error", HeaderValue::from_static(cause.as_str()));
     if let Some(v) = rid {
-        h.insert(rid_header(ctx), v);
+        h.insert(rid_header(ctx), headers::id_field(v));
     }
     h.insert(
         header::CONTENT_TYPE,

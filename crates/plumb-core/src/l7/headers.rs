@@ -405,6 +405,16 @@ pub fn request_id(h: &HeaderMap, name: &HeaderName, keep: bool) -> HeaderValue {
     new_request_id()
 }
 
+/// The request id as a response field, marked sensitive: HPACK then sends it as
+/// a literal never indexed. Each id is unique, so indexing it would only push the
+/// fields that do repeat (`server`, `content-type`) out of an HTTP/2 connection's
+/// table, and h2's encoder would first compare it with every earlier id held
+/// under the same name. HTTP/1.1 writes it the same either way.
+pub(crate) fn id_field(mut id: HeaderValue) -> HeaderValue {
+    id.set_sensitive(true);
+    id
+}
+
 /// A fresh request id: 128 random bits as 32 lowercase hex digits, written directly
 /// (`format!` costs several times more).
 pub(crate) fn new_request_id() -> HeaderValue {

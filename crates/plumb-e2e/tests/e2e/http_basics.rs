@@ -247,6 +247,131 @@ async fn h2_prior_knowledge_with_hyper_client() {
     assert_eq!(l["bytes_from_client"], 100_000, "{l}");
 }
 
+/// Over HTTP/2 the request id goes out as an HPACK literal that is never indexed:
+/// each id is unique, so indexing it would only push the fields that repeat out of
+/// the connection's table. Checked on the wire, response by response: exactly one
+/// never-indexed field (the id; plumb marks no other), and once the table has the
+/// backend's fields nothing is added to it again but a new `date`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_request_id_is_never_indexed() {
+    let o = origin(|_| vec![Step::Write(ok("x"))]).await;
+    let plumb = Plumb::start(&http_config(&[o.addr], "", "")).await;
+    let mut s = TcpStream::connect(plumb.addr()).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    s.write_all(&out).await.unwrap();
+    let mut kinds = Vec::new();
+    let mut buf = Vec::new();
+    for stream in (1u32..120).step_by(2) {
+        // GET / (static table entries), :scheme http, :authority "a" (literal).
+        let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
+        let mut frame = vec![0, 0, block.len() as u8, 1, 0x5]; // HEADERS, END_STREAM|END_HEADERS
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(&block);
+        s.write_all(&frame).await.unwrap();
+        // The response's HEADERS frame for this stream (SETTINGS, its ACK, and
+        // WINDOW_UPDATEs may come first; DATA after).
+        let block = timeout(Duration::from_secs(5), async {
+            loop {
+                while buf.len() < 9 {
+                    assert!(fill(&mut s, &mut buf).await, "plumb closed the connection");
+                }
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                while buf.len() < 9 + len {
+                    assert!(fill(&mut s, &mut buf).await, "plumb closed the connection");
+                }
+                let frame: Vec<u8> = buf.drain(..9 + len).collect();
+                let id = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+                if frame[3] == 1 && id == stream {
+                    assert_eq!(
+                        frame[4] & 0x4,
+                        0x4,
+                        "one HEADERS frame per response (no CONTINUATION)"
+                    );
+                    break frame[9..].to_vec();
+                }
+            }
+        })
+        .await
+        .expect("a response head within 5 s");
+        kinds.push(hpack_kinds(&block));
+    }
+    for (i, k) in kinds.iter().enumerate() {
+        assert_eq!(k.never_indexed, 1, "response {i}: {k:?}");
+    }
+    // After the first response the backend's `server`, `content-type` and
+    // `content-length` are in the table: only a new `date` may be added, at most
+    // once a second.
+    let added: usize = kinds[1..].iter().map(|k| k.incremental).sum();
+    assert!(
+        added <= 3,
+        "fields indexed after the first response: {kinds:?}"
+    );
+}
+
+/// How many fields of an HPACK block each representation carried (RFC 7541 §6).
+#[derive(Debug, Default)]
+struct HpackKinds {
+    indexed: usize,
+    incremental: usize,
+    not_indexed: usize,
+    never_indexed: usize,
+}
+
+fn hpack_kinds(mut b: &[u8]) -> HpackKinds {
+    // An integer with an N-bit prefix (§5.1).
+    fn int(b: &mut &[u8], bits: u32) -> usize {
+        let max = (1usize << bits) - 1;
+        let mut v = usize::from(b[0]) & max;
+        *b = &b[1..];
+        if v == max {
+            let mut shift = 0;
+            loop {
+                let byte = b[0];
+                *b = &b[1..];
+                v += usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        v
+    }
+    // A string literal (§5.2), Huffman or not: only skipped.
+    fn skip_str(b: &mut &[u8]) {
+        let n = int(b, 7);
+        *b = &b[n..];
+    }
+    let mut k = HpackKinds::default();
+    while !b.is_empty() {
+        let first = b[0];
+        if first & 0x80 != 0 {
+            int(&mut b, 7);
+            k.indexed += 1;
+            continue;
+        }
+        if first & 0xe0 == 0x20 {
+            int(&mut b, 5); // a table size update
+            continue;
+        }
+        let (bits, count) = if first & 0x40 != 0 {
+            (6, &mut k.incremental)
+        } else if first & 0x10 != 0 {
+            (4, &mut k.never_indexed)
+        } else {
+            (4, &mut k.not_indexed)
+        };
+        *count += 1;
+        if int(&mut b, bits) == 0 {
+            skip_str(&mut b);
+        }
+        skip_str(&mut b);
+    }
+    k
+}
+
 /// Routes: exact host, `*.wildcard` host, path prefix on whole segments, then the
 /// default pool; without a default pool an unmatched request gets 404 `no_route`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
