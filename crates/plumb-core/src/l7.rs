@@ -302,7 +302,6 @@ async fn serve_in_span(
     early: Option<std::io::Result<Bytes>>,
 ) {
     let peer = reg.conn().client();
-    let mut failed: Option<Cause> = None;
     // Writes to the client are bounded by the routed pool's `timeouts.idle`; until
     // a request is routed, by the default pool's (plumb's own answers only).
     let write_stall = ctx
@@ -312,7 +311,7 @@ async fn serve_in_span(
             p.settings().timeouts.idle
         });
     let watch = Arc::new(io::HeadWatch::new(write_stall));
-    match ctx.tls.clone() {
+    let failed = match ctx.tls.clone() {
         None => {
             let stream = Arc::new(stream);
             reg.conn().set_legs(Some(&stream), None);
@@ -347,36 +346,49 @@ async fn serve_in_span(
                     })
                     .inc();
             }
+            None
         }
-        Some(tls) => {
-            // The handshake is part of what a client must send in time. Shutdown
-            // or an order ends it at once: nothing was asked yet.
-            let handshake =
-                tokio::time::timeout(ctx.settings.header_read, tls.acceptor().accept(stream));
-            let handshake = tokio::select! {
-                r = handshake => Some(r),
-                _ = reg.conn().ordered() => None,
-                () = ctx.shared.draining.cancelled() => None,
-            };
-            match handshake {
-                None => {}
-                Some(Ok(Ok(tls_stream))) => {
-                    let watched = io::Watched::new(tls_stream, Arc::clone(&watch));
-                    run_connection(&ctx, watched, peer, None, watch, "https", reg.conn()).await;
-                }
-                Some(Ok(Err(e))) => {
-                    failed = Some(Cause::ClientTlsError);
-                    tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientTlsError, error = %e, "TLS handshake failed");
-                }
-                Some(Err(_)) => {
-                    failed = Some(Cause::ClientHeaderTimeout);
-                    tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientHeaderTimeout, "TLS handshake not completed in time");
-                }
-            }
-        }
-    }
+        // Boxed: the handshake and a TLS connection's state would otherwise make
+        // every plain connection's future as large as a TLS one's.
+        Some(tls) => Box::pin(serve_tls(&ctx, &tls, stream, reg.conn(), watch)).await,
+    };
     closed(&ctx, &reg, failed);
     drop(reg);
+}
+
+/// A TLS connection: the handshake, bounded by `header_read` and ended at once by
+/// an order or a drain (nothing was asked yet), then its requests. Returns the
+/// cause when the handshake failed.
+async fn serve_tls(
+    ctx: &Arc<ListenerCtx>,
+    tls: &crate::tls::Tls,
+    stream: TcpStream,
+    table: &Arc<crate::conntable::Conn>,
+    watch: Arc<io::HeadWatch>,
+) -> Option<Cause> {
+    let peer = table.client();
+    let handshake = tokio::time::timeout(ctx.settings.header_read, tls.acceptor().accept(stream));
+    let handshake = tokio::select! {
+        r = handshake => Some(r),
+        _ = table.ordered() => None,
+        () = ctx.shared.draining.cancelled() => None,
+    };
+    match handshake {
+        None => None,
+        Some(Ok(Ok(tls_stream))) => {
+            let watched = io::Watched::new(tls_stream, Arc::clone(&watch));
+            run_connection(ctx, watched, peer, None, watch, "https", table).await;
+            None
+        }
+        Some(Ok(Err(e))) => {
+            tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientTlsError, error = %e, "TLS handshake failed");
+            Some(Cause::ClientTlsError)
+        }
+        Some(Err(_)) => {
+            tracing::info!(listener = %ctx.name, client.addr = %peer, cause = %Cause::ClientHeaderTimeout, "TLS handshake not completed in time");
+            Some(Cause::ClientHeaderTimeout)
+        }
+    }
 }
 
 /// Counts a client connection's end in the listener's metrics.
@@ -425,25 +437,6 @@ async fn run_connection<I>(
         let conn = Arc::clone(&svc_conn);
         async move { handle(conn, req).await.map(Answer::into_response) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Plain listeners: plumb's own head timer (below) answers 408, and hyper's is
-    // off (it would arm a boxed timer for every request). TLS listeners keep hyper's
-    // as the bound on a head: it starts as soon as a kept-alive connection goes
-    // idle, so it must not be shorter than keepalive_idle.
-    let hyper_head_timer = plain.is_none().then(|| {
-        ctx.settings.header_read.max(ctx.settings.keepalive_idle)
-            + std::time::Duration::from_secs(1)
-    });
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(hyper_head_timer)
-        .max_buf_size(ctx.settings.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(ctx.settings.max_header_bytes).unwrap_or(u32::MAX));
     let mut forced = false;
     // A connection that sends nothing gets `header_read` for its first byte, as a
     // slow head does (nginx and HAProxy time the first request from accept), and
@@ -460,11 +453,35 @@ async fn run_connection<I>(
                 front::Ended::Closed => return Ok(()),
                 front::Ended::HandOff(rest) => rest,
             };
-            let served = builder.serve_connection_with_upgrades(
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Plain listeners: plumb's own head timer (below) answers 408, and hyper's is
+            // off (it would arm a boxed timer for every request). TLS listeners keep hyper's
+            // as the bound on a head: it starts as soon as a kept-alive connection goes
+            // idle, so it must not be shorter than keepalive_idle.
+            let hyper_head_timer = plain.is_none().then(|| {
+                ctx.settings.header_read.max(ctx.settings.keepalive_idle)
+                    + std::time::Duration::from_secs(1)
+            });
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(hyper_head_timer)
+                .max_buf_size(ctx.settings.max_header_bytes.max(8192))
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(
+                    u32::try_from(ctx.settings.max_header_bytes).unwrap_or(u32::MAX),
+                );
+            // Boxed, and made only here: hyper's connection (its HTTP/1 and HTTP/2
+            // state) is several KiB that every connection's future would otherwise
+            // carry, and copy when it is boxed at accept.
+            let served = Box::pin(builder.serve_connection_with_upgrades(
                 TokioIo::new(front::Rewind::new(rest, io)),
                 service,
-            );
-            tokio::pin!(served);
+            ));
+            let mut served = served;
             let mut shut = false;
             std::future::poll_fn(|cx| {
                 if !shut && own.closing() {
