@@ -433,9 +433,15 @@ async fn run_connection<I>(
     // The request's future is made inside the block, not captured by it: a block
     // that captured it would hold it twice (once as made, once as awaited), and
     // hyper's HTTP/2 server moves the whole of it into a task for every stream.
+    // The span is made here, in the connection's: hyper's HTTP/2 server runs the
+    // future in a task of its own, where no span is current.
     let service = service_fn(move |req| {
         let conn = Arc::clone(&svc_conn);
-        async move { handle(conn, req).await.map(Answer::into_response) }
+        let span = request_span(&req);
+        async move {
+            let answer = tracing::Instrument::instrument(handle_in_span(conn, req), span);
+            answer.await.map(Answer::into_response)
+        }
     });
     let mut forced = false;
     // A connection that sends nothing gets `header_read` for its first byte, as a
@@ -650,14 +656,19 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<client::BoxError>,
 {
-    let span = tracing::debug_span!(
+    let span = request_span(&req);
+    tracing::Instrument::instrument(handle_in_span(conn, req), span)
+}
+
+/// A request's span: its method and path, and later its pool and backend.
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    tracing::debug_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
         pool = tracing::field::Empty,
         backend.addr = tracing::field::Empty,
-    );
-    tracing::Instrument::instrument(handle_in_span(conn, req), span)
+    )
 }
 
 async fn handle_in_span<B>(conn: Arc<HttpConn>, mut req: Request<B>) -> Result<Answer, Infallible>

@@ -74,12 +74,12 @@ impl HeadWatch {
         self.waiting.store(true, Ordering::Release);
     }
 
-    /// When the head being read started, for an HTTP/1 connection.
     /// Whether the client has sent any byte yet.
     pub(crate) fn any_byte(&self) -> bool {
         self.seen_first.load(Ordering::Acquire)
     }
 
+    /// When the head being read started, for an HTTP/1 connection.
     pub(crate) fn head_started(&self) -> Option<Instant> {
         if self.h2.load(Ordering::Acquire) {
             return None;
@@ -98,6 +98,8 @@ impl HeadWatch {
         }
     }
 
+    /// Bytes read from the client: the first tell HTTP/2's preface from HTTP/1, and
+    /// with nothing in flight they start a head's `header_read`.
     fn bytes(&self, data: &[u8]) {
         if !self.seen_first.swap(true, Ordering::AcqRel)
             && data.starts_with(&H2_PREFACE[..data.len().min(H2_PREFACE.len())])

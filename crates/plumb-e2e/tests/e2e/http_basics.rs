@@ -247,11 +247,10 @@ async fn h2_prior_knowledge_with_hyper_client() {
     assert_eq!(l["bytes_from_client"], 100_000, "{l}");
 }
 
-/// Over HTTP/2 the request id goes out as an HPACK literal that is never indexed:
-/// each id is unique, so indexing it would only push the fields that repeat out of
-/// the connection's table. Checked on the wire, response by response: exactly one
-/// never-indexed field (the id; plumb marks no other), and once the table has the
-/// backend's fields nothing is added to it again but a new `date`.
+/// Over HTTP/2 the request id goes out as an HPACK literal never indexed (why:
+/// `headers::id_field`). Checked on the wire, response by response: exactly one
+/// never-indexed field (the id; plumb marks no other), and after the first
+/// response nothing is added to the table but a new `date`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_request_id_is_never_indexed() {
     let o = origin(|_| vec![Step::Write(ok("x"))]).await;
@@ -262,6 +261,7 @@ async fn h2_request_id_is_never_indexed() {
     s.write_all(&out).await.unwrap();
     let mut kinds = Vec::new();
     let mut buf = Vec::new();
+    let began = tokio::time::Instant::now();
     for stream in (1u32..120).step_by(2) {
         // GET / (static table entries), :scheme http, :authority "a" (literal).
         let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
@@ -271,7 +271,7 @@ async fn h2_request_id_is_never_indexed() {
         s.write_all(&frame).await.unwrap();
         // The response's HEADERS frame for this stream (SETTINGS, its ACK, and
         // WINDOW_UPDATEs may come first; DATA after).
-        let block = timeout(Duration::from_secs(5), async {
+        let block = timeout(T, async {
             loop {
                 while buf.len() < 9 {
                     assert!(fill(&mut s, &mut buf).await, "plumb closed the connection");
@@ -300,13 +300,13 @@ async fn h2_request_id_is_never_indexed() {
     for (i, k) in kinds.iter().enumerate() {
         assert_eq!(k.never_indexed, 1, "response {i}: {k:?}");
     }
-    // After the first response the backend's `server`, `content-type` and
-    // `content-length` are in the table: only a new `date` may be added, at most
-    // once a second.
+    // After the first response only a new `date` (hyper's, once a second) may be
+    // added to the table; the backend's `content-length` h2 never indexes.
+    let seconds = usize::try_from(began.elapsed().as_secs()).unwrap_or(usize::MAX);
     let added: usize = kinds[1..].iter().map(|k| k.incremental).sum();
     assert!(
-        added <= 3,
-        "fields indexed after the first response: {kinds:?}"
+        added <= seconds + 1 && kinds[1..].iter().all(|k| k.incremental <= 1),
+        "fields indexed after the first response in {seconds} s: {kinds:?}"
     );
 }
 
