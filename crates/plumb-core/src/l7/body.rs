@@ -246,6 +246,10 @@ impl Exchange {
                 "request failed"
             );
         }
+        // The line is put together only for a log that writes it.
+        if !self.ctx.shared.access_log.enabled() {
+            return;
+        }
         self.ctx.shared.access_log.write_http(&HttpRecord {
             listener: &self.ctx.name,
             pool: s.pool.as_deref(),
