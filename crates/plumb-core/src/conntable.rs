@@ -265,11 +265,12 @@ impl Conn {
     }
 }
 
-/// All live connections.
+/// All live connections, in one shard per core: a worker thread adds and removes
+/// its connections under a lock the other workers do not take.
 #[derive(Debug, Default)]
 pub struct ConnTable {
     next_id: AtomicU64,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    shards: crate::workers::Sharded<Mutex<HashMap<u64, Arc<Conn>>>>,
 }
 
 /// A connection's place in the table; leaving the table when dropped.
@@ -277,6 +278,7 @@ pub struct ConnTable {
 pub struct Registration {
     table: Arc<ConnTable>,
     conn: Arc<Conn>,
+    shard: usize,
 }
 
 impl Registration {
@@ -288,7 +290,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.table.lock().remove(&self.conn.id);
+        self.table.lock(self.shard).remove(&self.conn.id);
     }
 }
 
@@ -320,23 +322,31 @@ impl ConnTable {
             waker: AtomicWaker::new(),
             legs: Mutex::new(Legs::default()),
         });
-        self.lock().insert(id, Arc::clone(&conn));
+        let shard = self.shards.mine();
+        self.lock(shard).insert(id, Arc::clone(&conn));
         Registration {
             table: Arc::clone(self),
             conn,
+            shard,
         }
     }
 
     /// A copy of the current entries, oldest first.
     pub fn snapshot(&self) -> Vec<Arc<Conn>> {
-        let mut v: Vec<Arc<Conn>> = self.lock().values().cloned().collect();
+        let mut v: Vec<Arc<Conn>> = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            v.extend(lock(shard).values().cloned());
+        }
         v.sort_by_key(|c| c.id);
         v
     }
 
-    /// The live connection with this id.
+    /// The live connection with this id (looked for first in the calling
+    /// worker's shard, where its accept loop registered it).
     pub(crate) fn get(&self, id: u64) -> Option<Arc<Conn>> {
-        self.lock().get(&id).cloned()
+        self.shards
+            .mine_first()
+            .find_map(|s| lock(s).get(&id).cloned())
     }
 
     /// Connections registered since the table was made (open or closed).
@@ -346,7 +356,7 @@ impl ConnTable {
 
     /// Number of live connections.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// Whether the table is empty.
@@ -370,9 +380,13 @@ impl ConnTable {
         conns.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        lock(self.shards.get(shard))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -760,7 +760,10 @@ where
     };
     exchange.with(|s| s.pool = Some(Arc::clone(pool.name())));
     tracing::Span::current().record("pool", tracing::field::display(pool.name()));
-    pool.note_request();
+    // Read once for the whole request: each read of a pool's settings takes its
+    // lock and counts a shared reference, on memory every worker writes.
+    let settings = pool.settings();
+    pool.note_request(&settings);
 
     // The request as it goes upstream: origin-form, HTTP/1.1, hop-by-hop gone.
     let upgrade = req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers());
@@ -815,7 +818,6 @@ where
     // plumb drives the upstream exchange itself unless hyper's client must stream a
     // body or hand over an upgraded connection.
     let raw = bodyless && client_upgrade.is_none();
-    let settings = pool.settings();
     conn.watch.set_write_stall(settings.timeouts.idle);
     // A bodyless request is made again from its head on each attempt: only a body
     // (hyper's client streams it) has to be carried from one attempt to the next.
@@ -920,6 +922,7 @@ where
                     return Ok(respond(
                         &ctx,
                         &pool,
+                        &settings,
                         &exchange,
                         &request_id,
                         resp,
@@ -1062,6 +1065,7 @@ fn empty() -> UpBody {
 fn respond(
     ctx: &Arc<ListenerCtx>,
     pool: &Arc<Pool>,
+    settings: &plumb_config::model::Pool,
     exchange: &Arc<Exchange>,
     request_id: &HeaderValue,
     mut resp: Response<client::UpResp>,
@@ -1127,7 +1131,7 @@ fn respond(
         .headers
         .insert(rid_header(ctx), headers::id_field(request_id.clone()));
     let keep = Arc::clone(pool);
-    let max_idle = pool.settings().upstream.max_idle_per_backend;
+    let max_idle = settings.upstream.max_idle_per_backend;
     let on_end: Box<dyn FnOnce() + Send> = match tx {
         client::UpConn::Raw(_) => {
             // plumb reads this response itself: its body puts the connection back
@@ -1174,7 +1178,7 @@ fn respond(
     let backend = Arc::clone(guard_backend);
     let mut tracked = Tracked::new(
         body,
-        pool.settings().timeouts.idle,
+        settings.timeouts.idle,
         Direction::Response,
         Arc::clone(exchange),
     )

@@ -23,6 +23,7 @@ pub mod server;
 mod sockopt;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 /// The pure functions on every request's path, for the criterion benchmarks
 /// (`benches/hot.rs`), so that a change that slows one shows up in review. Not an

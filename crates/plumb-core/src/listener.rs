@@ -32,17 +32,22 @@ use crate::sockopt;
 pub struct BoundListener {
     /// The listener's name in the config.
     pub name: String,
-    /// One socket per configured address.
+    /// One socket per configured address and worker (at least), grouped by
+    /// address: sockets of one address share it through `SO_REUSEPORT`, and each
+    /// gets an accept loop on a worker of its own.
     pub sockets: Vec<std::net::TcpListener>,
 }
 
 impl BoundListener {
-    /// The addresses actually bound (useful with port 0).
+    /// The addresses actually bound (useful with port 0), each once.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in self.sockets.iter().filter_map(|s| s.local_addr().ok()) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs
     }
 }
 
@@ -59,51 +64,62 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Binds every listener of a config. Nothing is accepted until the server runs.
+/// Binds every listener of a config, one socket per address and worker
+/// ([`crate::workers::count`]). Nothing is accepted until the server runs.
 pub fn bind_all(config: &model::Config) -> Result<Vec<BoundListener>, BindError> {
     bind_all_with(config, &mut HashMap::new())
 }
 
 /// Like [`bind_all`], but an address found in `inherited` (listening sockets a
-/// previous plumb handed over) uses that socket, taken out of the map, instead of
-/// a new one: the same socket and accept queue, so no connection attempt is
-/// refused while one process hands over to the next. The listener's backlog and
-/// socket options are applied to it again.
+/// previous plumb handed over) uses those sockets, taken out of the map, before
+/// binding new ones: the same sockets and accept queues, so no connection attempt
+/// is refused or left unanswered while one process hands over to the next (every
+/// socket handed over is accepted on, even beyond one per worker). The listener's
+/// backlog and socket options are applied to them again.
 pub fn bind_all_with(
     config: &model::Config,
-    inherited: &mut HashMap<SocketAddr, std::net::TcpListener>,
+    inherited: &mut HashMap<SocketAddr, Vec<std::net::TcpListener>>,
 ) -> Result<Vec<BoundListener>, BindError> {
+    let per_addr = crate::workers::count(config);
     config
         .listeners
         .iter()
-        .map(|l| bind_with(l, inherited))
+        .map(|l| bind_with(l, per_addr, inherited))
         .collect()
 }
 
-/// Binds one listener's addresses with its backlog and MSS clamp.
-pub fn bind(l: &model::Listener) -> Result<BoundListener, BindError> {
-    bind_with(l, &mut HashMap::new())
+/// Binds one listener's addresses with its backlog and MSS clamp, `per_addr`
+/// sockets each.
+pub fn bind(l: &model::Listener, per_addr: usize) -> Result<BoundListener, BindError> {
+    bind_with(l, per_addr, &mut HashMap::new())
 }
 
 fn bind_with(
     l: &model::Listener,
-    inherited: &mut HashMap<SocketAddr, std::net::TcpListener>,
+    per_addr: usize,
+    inherited: &mut HashMap<SocketAddr, Vec<std::net::TcpListener>>,
 ) -> Result<BoundListener, BindError> {
-    let sockets = l
-        .listen
-        .iter()
-        .map(|addr| {
-            let made = match inherited.remove(addr) {
-                Some(socket) => adopt(socket, l.backlog, &l.tcp),
-                None => bind_one(*addr, l.backlog, &l.tcp),
+    let mut sockets = Vec::with_capacity(l.listen.len() * per_addr);
+    for addr in &l.listen {
+        let failed = |source| BindError {
+            listener: l.name.clone(),
+            addr: *addr,
+            source,
+        };
+        let mut group = Vec::with_capacity(per_addr);
+        for socket in inherited.remove(addr).unwrap_or_default() {
+            group.push(adopt(socket, l.backlog, &l.tcp).map_err(failed)?);
+        }
+        while group.len() < per_addr.max(1) {
+            // With port 0, the first socket picks the port and the others join it.
+            let at = match group.first() {
+                Some(first) => first.local_addr().map_err(failed)?,
+                None => *addr,
             };
-            made.map_err(|source| BindError {
-                listener: l.name.clone(),
-                addr: *addr,
-                source,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+            group.push(bind_one(at, l.backlog, &l.tcp).map_err(failed)?);
+        }
+        sockets.extend(group);
+    }
     Ok(BoundListener {
         name: l.name.clone(),
         sockets,
@@ -131,9 +147,10 @@ fn bind_one(
 ) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    // A reload binds a changed listener's new socket beside the old one before
-    // closing the old, so that the address never stops accepting. Linux only lets
-    // sockets of the same user share a port this way.
+    // One socket per worker shares the address, and a reload binds a changed
+    // listener's new sockets beside the old ones before closing the old, so that
+    // the address never stops accepting. Linux only lets sockets of the same user
+    // share a port this way.
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         // `[::]:80` and `0.0.0.0:80` are separate listeners in plumb's config.

@@ -149,8 +149,8 @@ impl Pool {
     }
 
     /// HTTP: counts a request towards the retry budget.
-    pub(crate) fn note_request(&self) {
-        let share = f64::from(self.settings().retry_budget_percent) / 100.0;
+    pub(crate) fn note_request(&self, settings: &model::Pool) {
+        let share = f64::from(settings.retry_budget_percent) / 100.0;
         let mut t = self.retry_tokens.lock().unwrap_or_else(|p| p.into_inner());
         *t = (*t + share).min(RETRY_TOKENS_MAX);
     }

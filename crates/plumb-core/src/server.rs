@@ -20,6 +20,7 @@ use crate::cause::Cause;
 use crate::conntable::{CloseHow, CloseOrder, ConnTable};
 use crate::listener::{self, accept_loop, BoundListener, ListenerCtx, ListenerSlot, ListenerStats};
 use crate::pool::Pool;
+use crate::workers::Workers;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -62,6 +63,8 @@ pub struct Server {
     reloading: Mutex<()>,
     /// TLS of the listeners that terminate it, by listener name.
     tls: RwLock<HashMap<String, Arc<crate::tls::Tls>>>,
+    /// The worker threads beside the runtime `run` is called on (set while it runs).
+    workers: Mutex<Option<Arc<Workers>>>,
 }
 
 #[derive(Debug)]
@@ -138,6 +141,7 @@ impl Server {
             stop: CancellationToken::new(),
             reloading: Mutex::new(()),
             tls: RwLock::new(HashMap::new()),
+            workers: Mutex::new(None),
         }
     }
 
@@ -322,6 +326,16 @@ impl Server {
                 }
             });
         }
+        // The other workers run until this returns, however it returns.
+        struct Stop<'a>(&'a Mutex<Option<Arc<Workers>>>);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                let workers = lock(self.0).take();
+                drop(workers);
+            }
+        }
+        *lock(&self.workers) = Some(Arc::new(Workers::start(crate::workers::count(&config))?));
+        let _stop_workers = Stop(&self.workers);
         let mut first_answers = Vec::new();
         for pool in read(&self.pools).values() {
             first_answers.extend(pool.start());
@@ -416,7 +430,8 @@ impl Server {
                     Some(r) => needs_rebind(&r.settings, l),
                 };
                 if rebind {
-                    fresh_sockets.insert(l.name.clone(), listener::bind(l)?.sockets);
+                    let per_addr = crate::workers::count(&old);
+                    fresh_sockets.insert(l.name.clone(), listener::bind(l, per_addr)?.sockets);
                 }
             }
         }
@@ -656,16 +671,27 @@ impl Server {
                 format!("no pool named {:?} in the config", settings.pool),
             )
         })?;
+        let workers = lock(&self.workers)
+            .clone()
+            .ok_or_else(|| io::Error::other("the server is not running"))?;
         let slot = ListenerSlot::new(ctx);
         let stop = self.stop.child_token();
         let mut handover = Vec::with_capacity(sockets.len());
-        for socket in sockets {
+        // The sockets come grouped by address, one per worker: each worker accepts
+        // on one socket of every address, registered with that worker's I/O driver.
+        // All are registered before any accepts, so a failure leaves no socket
+        // in the address's group that nobody accepts on.
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
             handover.push(socket.try_clone()?);
-            let listener = TcpListener::from_std(socket)?;
-            tracing::info!(listener = %settings.name, addr = %listener.local_addr()?, protocol = settings.protocol.as_str(), "listening");
-            self.shared
-                .tasks
-                .spawn(accept_loop(Arc::clone(&slot), listener, stop.clone()));
+            listeners.push(workers.within(i, || TcpListener::from_std(socket))?);
+        }
+        for (i, listener) in listeners.into_iter().enumerate() {
+            if i % workers.len() == 0 {
+                tracing::info!(listener = %settings.name, addr = %listener.local_addr()?, protocol = settings.protocol.as_str(), workers = workers.len(), "listening");
+            }
+            let accept = accept_loop(Arc::clone(&slot), listener, stop.clone());
+            workers.spawn(&self.shared.tasks, i, accept);
         }
         lock(&self.running).insert(
             settings.name.clone(),

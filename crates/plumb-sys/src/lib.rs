@@ -172,8 +172,10 @@ pub fn release_free_memory() {
     raw::malloc_trim();
 }
 
-/// The most descriptors [`recv_with_fds`] accepts in one message.
-pub const MAX_PASSED_FDS: usize = 64;
+/// The most descriptors [`recv_with_fds`] accepts in one message: Linux's own
+/// limit (`SCM_MAX_FD`). A binary upgrade hands over one listening socket per
+/// address and worker, and the admin API's.
+pub const MAX_PASSED_FDS: usize = 253;
 
 /// Sends `bytes` and a copy of each of `fds` (`SCM_RIGHTS`) in one message on a
 /// Unix stream socket: how a running plumb hands its listening sockets to its

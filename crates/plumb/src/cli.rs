@@ -140,25 +140,19 @@ fn measuring_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The data plane's runtime: `workers` threads (default: one per core). With one
-/// worker, a current-thread runtime: every task runs on the thread that drives the
-/// sockets, with no hand-off between a worker and the I/O driver. Measured in
-/// bench/RESULTS.md: the multi-thread scheduler with a single worker spends about
-/// 4 µs more system time per proxied request (waking its parked driver through an
-/// eventfd) than the same code on a current-thread runtime.
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let workers = workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let mut b = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    b.enable_all();
-    Ok(b.build()?)
+/// The runtime `plumb serve` and `plumb demo` run on: a current-thread runtime,
+/// which is the data plane's worker 0 (the server starts the other
+/// `runtime.workers - 1` threads, each with a current-thread runtime of its own;
+/// see `plumb_core::workers`). Every task runs on the thread that drives its
+/// sockets, with no hand-off between a scheduler's threads and the I/O driver:
+/// measured in bench/RESULTS.md, tokio's multi-thread scheduler with a single
+/// worker spends about 4 µs more system time per proxied request (waking its
+/// parked driver through an eventfd) than the same code on a current-thread
+/// runtime.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// The signals plumb acts on, installed as soon as the runtime exists so that a

@@ -16,6 +16,7 @@ use std::error::Error as StdError;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use super::h1::{RawBody, RawConn};
 use super::headers::Upstream;
 use crate::cause::Cause;
 use crate::upstream;
+use crate::workers::Sharded;
 use crate::FastMap;
 
 /// A body sent upstream: the client's (streamed) or an empty one.
@@ -63,10 +65,26 @@ impl UpHead<'_> {
     }
 }
 
-/// Idle kept-alive connections, by backend.
+/// Idle kept-alive connections, by backend, on one shelf per core: a worker
+/// thread takes its own connections back and returns them under a lock the other
+/// workers do not take, and a connection always goes back to the shelf of the
+/// worker whose I/O driver watches its socket. A worker whose shelf has none for a
+/// backend takes one from another shelf before it connects. The bound per backend
+/// holds across shelves, through a count they share.
 #[derive(Debug, Default)]
 pub(crate) struct KeepAlive {
-    idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
+    shelves: Sharded<Mutex<FastMap<SocketAddr, Kept>>>,
+    /// The count of connections kept per backend, all shelves together; consulted
+    /// when a shelf first keeps a connection to the backend.
+    counts: Mutex<FastMap<SocketAddr, Arc<AtomicUsize>>>,
+}
+
+/// One shelf's idle connections to one backend, newest last.
+#[derive(Debug)]
+struct Kept {
+    idle: Vec<Idle>,
+    /// Shared with the other shelves' [`Kept`] for the same backend.
+    count: Arc<AtomicUsize>,
 }
 
 /// An upstream connection: driven by plumb, or by hyper's client.
@@ -82,6 +100,8 @@ pub(crate) enum UpConn {
 pub(crate) struct HyperConn {
     pub(crate) tx: http1::SendRequest<UpBody>,
     pub(crate) stream: Arc<TcpStream>,
+    /// The worker that runs hyper's task for the connection.
+    pub(crate) worker: usize,
 }
 
 impl UpConn {
@@ -89,6 +109,14 @@ impl UpConn {
         match self {
             UpConn::Raw(r) => &r.stream,
             UpConn::Hyper(h) => &h.stream,
+        }
+    }
+
+    /// The worker the connection belongs to (see [`KeepAlive`]).
+    fn worker(&self) -> usize {
+        match self {
+            UpConn::Raw(r) => r.worker,
+            UpConn::Hyper(h) => h.worker,
         }
     }
 
@@ -165,27 +193,40 @@ struct Idle {
 }
 
 impl KeepAlive {
-    /// The newest idle connection to `addr` that is open, ready and not expired.
+    /// The newest idle connection to `addr` that is open, ready and not expired:
+    /// from the calling worker's shelf, or failing that from another's.
     pub(crate) fn take(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<UpConn> {
-        let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
-        while let Some(i) = list.pop() {
-            if i.since.elapsed() < idle_timeout && !i.up.is_closed() {
-                return Some(i.up);
+        self.shelves.mine_first().find_map(|shelf| {
+            let mut shelf = lock(shelf);
+            let kept = shelf.get_mut(&addr)?;
+            while let Some(i) = kept.idle.pop() {
+                kept.count.fetch_sub(1, Ordering::AcqRel);
+                if i.since.elapsed() < idle_timeout && !i.up.is_closed() {
+                    return Some(i.up);
+                }
             }
-        }
-        None
+            None
+        })
     }
 
-    /// Keeps a connection for reuse, unless `max` are already kept.
+    /// Keeps a connection for reuse, on its worker's shelf, unless `max` to its
+    /// backend are already kept.
     pub(crate) fn put(&self, addr: SocketAddr, up: UpConn, max: usize) {
         if max == 0 || up.is_closed() {
             return;
         }
-        let mut idle = self.lock();
-        let list = idle.entry(addr).or_default();
-        if list.len() < max {
-            list.push(Idle {
+        let mut shelf = lock(self.shelves.get(up.worker()));
+        let kept = shelf.entry(addr).or_insert_with(|| Kept {
+            idle: Vec::new(),
+            count: Arc::clone(lock(&self.counts).entry(addr).or_default()),
+        });
+        let room = kept
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if room.is_ok() {
+            kept.idle.push(Idle {
                 up,
                 since: Instant::now(),
             });
@@ -195,24 +236,36 @@ impl KeepAlive {
     /// Closes expired and dead connections, and all connections to backends that may
     /// not be used (dropping the sender ends the connection).
     pub(crate) fn sweep(&self, idle_timeout: Duration, usable: impl Fn(SocketAddr) -> bool) {
-        let mut idle = self.lock();
-        idle.retain(|addr, list| {
-            if !usable(*addr) {
-                return false;
-            }
-            list.retain(|i| i.since.elapsed() < idle_timeout && !i.up.is_closed());
-            !list.is_empty()
-        });
+        for shelf in self.shelves.iter() {
+            lock(shelf).retain(|addr, kept| {
+                let before = kept.idle.len();
+                let in_use = usable(*addr);
+                if in_use {
+                    kept.idle
+                        .retain(|i| i.since.elapsed() < idle_timeout && !i.up.is_closed());
+                } else {
+                    kept.idle.clear();
+                }
+                kept.count
+                    .fetch_sub(before - kept.idle.len(), Ordering::AcqRel);
+                // A backend's entry stays while it is in use: its count is shared.
+                in_use
+            });
+        }
+        lock(&self.counts).retain(|addr, _| usable(*addr));
     }
 
     /// Idle connections kept now, all backends.
     pub(crate) fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.shelves
+            .iter()
+            .map(|s| lock(s).values().map(|k| k.idle.len()).sum::<usize>())
+            .sum()
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<SocketAddr, Vec<Idle>>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A new connection to `addr`: driven by plumb (`raw`), or by hyper's client.
@@ -248,7 +301,11 @@ async fn handshake(
             tracing::debug!(backend.addr = %addr, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(HyperConn { tx, stream })
+    Ok(HyperConn {
+        tx,
+        stream,
+        worker: crate::workers::current(),
+    })
 }
 
 /// How long a kept-alive connection may take to turn to its next request before it

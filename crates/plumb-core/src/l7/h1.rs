@@ -51,6 +51,8 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 pub(crate) struct RawConn {
     pub(crate) stream: Arc<TcpStream>,
     buf: BytesMut,
+    /// The worker whose I/O driver watches the socket (the one that connected it).
+    pub(crate) worker: usize,
 }
 
 impl RawConn {
@@ -58,6 +60,7 @@ impl RawConn {
         RawConn {
             stream,
             buf: BytesMut::new(),
+            worker: crate::workers::current(),
         }
     }
 
@@ -233,6 +236,7 @@ fn answer(conn: &mut RawConn, (parts, framing, reusable, fields): Head) -> Sent 
     let body = RawBody {
         stream: Arc::clone(&conn.stream),
         buf: std::mem::take(&mut conn.buf),
+        worker: conn.worker,
         framing,
         reusable,
         home: None,
@@ -541,6 +545,8 @@ pub(crate) type Home = Box<dyn FnOnce(RawConn) + Send>;
 pub(crate) struct RawBody {
     stream: Arc<TcpStream>,
     buf: BytesMut,
+    /// The connection's [`RawConn::worker`].
+    worker: usize,
     framing: Framing,
     reusable: bool,
     home: Option<Home>,
@@ -580,6 +586,7 @@ impl RawBody {
                 home(RawConn {
                     stream: Arc::clone(&self.stream),
                     buf: std::mem::take(&mut self.buf),
+                    worker: self.worker,
                 });
             }
         }

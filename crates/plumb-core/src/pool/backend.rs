@@ -92,7 +92,9 @@ pub struct Backend {
     api_managed: AtomicBool,
     /// HTTP requests in flight to this backend watch this token; drain deadlines and
     /// mark-downs cancel it (and put a fresh one in its place).
-    http_abort: Mutex<CancellationToken>,
+    /// One token per worker shard: a request takes its ticket from its own
+    /// worker's, under a lock the other workers do not take.
+    http_abort: crate::workers::Sharded<Mutex<CancellationToken>>,
     /// Counts the aborts: a response body compares it with the count when its
     /// request began, an atomic load where the token's own check takes its lock.
     aborts: std::sync::atomic::AtomicU64,
@@ -140,7 +142,7 @@ impl Backend {
             discovered: AtomicBool::new(false),
             api_managed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
-            http_abort: Mutex::new(CancellationToken::new()),
+            http_abort: crate::workers::Sharded::default(),
             aborts: std::sync::atomic::AtomicU64::new(0),
             abort_cause: Mutex::new(None),
             gone: CancellationToken::new(),
@@ -344,7 +346,8 @@ impl Backend {
 
     /// What an HTTP request to this backend watches while in flight.
     pub(crate) fn abort_ticket(&self) -> AbortTicket {
-        let token = self.http_abort.lock().unwrap_or_else(|p| p.into_inner());
+        let shard = self.http_abort.get(self.http_abort.mine());
+        let token = shard.lock().unwrap_or_else(|p| p.into_inner());
         AbortTicket {
             token: token.clone(),
             count: self.aborts.load(Ordering::Acquire),
@@ -357,15 +360,26 @@ impl Backend {
     }
 
     /// Ends every HTTP request in flight to this backend, for `cause`: cancels their
-    /// token and counts the abort.
+    /// tokens and counts the abort. Every shard's token is replaced under its lock,
+    /// all held while the count moves, so a ticket pairs the old token with the old
+    /// count or the new token with the new count.
     pub(crate) fn abort_http(&self, cause: Cause) {
         *self.abort_cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
-        let old = {
-            let mut token = self.http_abort.lock().unwrap_or_else(|p| p.into_inner());
+        let old: Vec<CancellationToken> = {
+            let mut tokens: Vec<_> = self
+                .http_abort
+                .iter()
+                .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()))
+                .collect();
             self.aborts.fetch_add(1, Ordering::AcqRel);
-            std::mem::replace(&mut *token, CancellationToken::new())
+            tokens
+                .iter_mut()
+                .map(|t| std::mem::replace(&mut **t, CancellationToken::new()))
+                .collect()
         };
-        old.cancel();
+        for t in old {
+            t.cancel();
+        }
     }
 
     /// Why HTTP requests to this backend were last aborted.

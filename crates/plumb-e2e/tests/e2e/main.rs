@@ -32,3 +32,4 @@ mod retry;
 mod sockopt;
 mod support;
 mod timeouts;
+mod workers;

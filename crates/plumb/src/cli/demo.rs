@@ -17,7 +17,7 @@ pub fn run(
     admin: SocketAddr,
     balance: &str,
 ) -> anyhow::Result<ExitCode> {
-    let rt = super::runtime(None)?;
+    let rt = super::runtime()?;
     rt.block_on(async {
         let signals = super::Signals::install();
         let mut origins = Vec::new();

@@ -50,7 +50,7 @@ pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow
     let checksum = plumb_admin::reload::checksum(&text);
     let token = read_token(&config)?;
     let access_log = Server::open_access_log(&config).context("cannot open the access log")?;
-    let rt = super::runtime(config.runtime.workers)?;
+    let rt = super::runtime()?;
     rt.block_on(async {
         let signals = super::Signals::install();
         let mut sockets = HashMap::new();
@@ -58,14 +58,14 @@ pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow
         if let Some(mut i) = inherited {
             tracing::info!(
                 from.pid = i.from_pid,
-                sockets = i.sockets.len(),
+                sockets = i.sockets.values().map(Vec::len).sum::<usize>(),
                 "took over listening sockets"
             );
             sockets = std::mem::take(&mut i.sockets);
             handover = Some(i);
         }
         let bound = plumb_core::bind_all_with(&config, &mut sockets)?;
-        let admin_listener = match sockets.remove(&config.admin.listen) {
+        let admin_listener = match sockets.remove(&config.admin.listen).and_then(|v| v.into_iter().next()) {
             Some(s) => {
                 s.set_nonblocking(true)?;
                 tokio::net::TcpListener::from_std(s)?

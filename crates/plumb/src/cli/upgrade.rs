@@ -35,7 +35,7 @@ const STEP: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(super) struct Inherited {
     /// The listening sockets by address (the admin API's among them).
-    pub sockets: HashMap<SocketAddr, TcpListener>,
+    pub sockets: HashMap<SocketAddr, Vec<TcpListener>>,
     /// The process they came from.
     pub from_pid: u32,
     stream: UnixStream,
@@ -71,7 +71,8 @@ pub(super) fn take_over(path: &Path) -> anyhow::Result<Inherited> {
         if actual != addr {
             bail!("a socket said to listen on {addr} listens on {actual}");
         }
-        sockets.insert(addr, socket);
+        // An address has one socket per worker of the running plumb.
+        sockets.entry(addr).or_insert_with(Vec::new).push(socket);
     }
     Ok(Inherited {
         sockets,
