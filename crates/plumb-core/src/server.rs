@@ -650,10 +650,7 @@ impl Server {
                 &settings.name,
                 settings.protocol == plumb_config::model::Protocol::Http,
             ),
-            rid_header: hyper::header::HeaderName::from_bytes(
-                settings.request_id_header.as_bytes(),
-            )
-            .unwrap_or(hyper::header::HeaderName::from_static("plumb-request-id")),
+            rid_header: request_id_header(&settings.request_id_header),
         }))
     }
 
@@ -704,6 +701,17 @@ impl Server {
         );
         Ok(())
     }
+}
+
+/// The request-id field's name. The default is a static name: copies of it (two
+/// per request) count no shared reference, which every worker would write.
+fn request_id_header(name: &str) -> hyper::header::HeaderName {
+    const DEFAULT: &str = "plumb-request-id";
+    if name.eq_ignore_ascii_case(DEFAULT) {
+        return hyper::header::HeaderName::from_static(DEFAULT);
+    }
+    hyper::header::HeaderName::from_bytes(name.as_bytes())
+        .unwrap_or(hyper::header::HeaderName::from_static(DEFAULT))
 }
 
 /// Whether a listener's sockets must be bound again: addresses, backlog or socket
