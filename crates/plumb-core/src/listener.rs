@@ -84,19 +84,30 @@ pub fn bind_all_with(
     config
         .listeners
         .iter()
-        .map(|l| bind_with(l, per_addr, inherited))
+        .map(|l| bind_with(l, per_addr, BindMode::Listen, inherited))
         .collect()
 }
 
-/// Binds one listener's addresses with its backlog and MSS clamp, `per_addr`
-/// sockets each.
+/// Binds one listener's addresses with its MSS clamp, `per_addr` sockets each,
+/// not yet listening (a reload's new sockets): each listens when its accept loop
+/// starts ([`listen`]), so a reload that fails after binding leaves no connection
+/// queued on a socket nobody will accept on.
 pub fn bind(l: &model::Listener, per_addr: usize) -> Result<BoundListener, BindError> {
-    bind_with(l, per_addr, &mut HashMap::new())
+    bind_with(l, per_addr, BindMode::Later, &mut HashMap::new())
+}
+
+/// Whether new sockets listen as they are bound (at start) or only when their
+/// accept loops start (a reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BindMode {
+    Listen,
+    Later,
 }
 
 fn bind_with(
     l: &model::Listener,
     per_addr: usize,
+    bind_mode: BindMode,
     inherited: &mut HashMap<SocketAddr, Vec<std::net::TcpListener>>,
 ) -> Result<BoundListener, BindError> {
     let mut sockets = Vec::with_capacity(l.listen.len() * per_addr);
@@ -107,7 +118,14 @@ fn bind_with(
             source,
         };
         let mut group = Vec::with_capacity(per_addr);
-        for socket in inherited.remove(addr).unwrap_or_default() {
+        let handed = inherited.remove(addr).unwrap_or_default();
+        // At start, new sockets listen at once (a connection waits in the queue
+        // until plumb accepts). Beside sockets handed over by a running plumb,
+        // which goes on accepting on them, they listen only when their accept
+        // loops start: until then the running plumb takes every new connection,
+        // and if this one fails first, none was queued on a socket it held.
+        let listen_now = handed.is_empty() && bind_mode == BindMode::Listen;
+        for socket in handed {
             group.push(adopt(socket, l.backlog, &l.tcp).map_err(failed)?);
         }
         while group.len() < per_addr.max(1) {
@@ -116,7 +134,11 @@ fn bind_with(
                 Some(first) => first.local_addr().map_err(failed)?,
                 None => *addr,
             };
-            group.push(bind_one(at, l.backlog, &l.tcp).map_err(failed)?);
+            let socket = bind_one(at, &l.tcp).map_err(failed)?;
+            if listen_now {
+                listen(&socket, l.backlog).map_err(failed)?;
+            }
+            group.push(socket);
         }
         sockets.extend(group);
     }
@@ -134,17 +156,20 @@ fn adopt(
 ) -> io::Result<std::net::TcpListener> {
     sockopt::apply_before_handshake(&socket, tcp)?;
     sockopt::apply_established(&socket, tcp);
-    // listen(2) again on a listening socket only changes its backlog.
-    socket2::SockRef::from(&socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    listen(&socket, backlog)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
 
-fn bind_one(
-    addr: SocketAddr,
-    backlog: u32,
-    tcp: &model::TcpOptions,
-) -> io::Result<std::net::TcpListener> {
+/// Makes a bound socket listen with `backlog` (on a listening one, only the
+/// backlog changes). A socket joins its address's `SO_REUSEPORT` group, and gets
+/// a share of new connections, when it listens.
+pub(crate) fn listen(socket: &std::net::TcpListener, backlog: u32) -> io::Result<()> {
+    socket2::SockRef::from(socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+}
+
+/// A new socket bound to `addr` with the listener's options, not yet listening.
+fn bind_one(addr: SocketAddr, tcp: &model::TcpOptions) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     // One socket per worker shares the address, and a reload binds a changed
@@ -162,7 +187,6 @@ fn bind_one(
     // socket to every accepted one: set them once here, not per connection.
     sockopt::apply_established(&socket, tcp);
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }

@@ -430,7 +430,7 @@ impl Server {
                     Some(r) => needs_rebind(&r.settings, l),
                 };
                 if rebind {
-                    let per_addr = crate::workers::count(&old);
+                    let per_addr = lock(&self.workers).as_ref().map_or(1, |w| w.len());
                     fresh_sockets.insert(l.name.clone(), listener::bind(l, per_addr)?.sockets);
                 }
             }
@@ -681,11 +681,14 @@ impl Server {
         let mut listeners = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets.into_iter().enumerate() {
             handover.push(socket.try_clone()?);
-            listeners.push(workers.within(i, || TcpListener::from_std(socket))?);
+            // A reload's new sockets listen only now (see `listener::bind`).
+            listener::listen(&socket, settings.backlog)?;
+            let addr = socket.local_addr()?;
+            listeners.push((addr, workers.within(i, || TcpListener::from_std(socket))?));
         }
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for (i, (addr, listener)) in listeners.into_iter().enumerate() {
             if i % workers.len() == 0 {
-                tracing::info!(listener = %settings.name, addr = %listener.local_addr()?, protocol = settings.protocol.as_str(), workers = workers.len(), "listening");
+                tracing::info!(listener = %settings.name, addr = %addr, protocol = settings.protocol.as_str(), workers = workers.len(), "listening");
             }
             let accept = accept_loop(Arc::clone(&slot), listener, stop.clone());
             workers.spawn(&self.shared.tasks, i, accept);

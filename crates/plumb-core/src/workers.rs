@@ -109,19 +109,32 @@ impl Workers {
         };
         for i in 1..n {
             // On failure, `workers` drops here and stops the threads already started.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let handle = rt.handle().clone();
+            // The runtime is made (and dropped) on its own thread: dropping one
+            // in the caller's async context is not allowed.
             let stop = workers.stop.clone();
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name(format!("plumb-worker-{i}"))
                 .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
                     INDEX.with(|c| c.set(i));
+                    let _ = tx.send(Ok(rt.handle().clone()));
                     rt.block_on(stop.cancelled());
                 })?;
-            workers.handles.push(handle);
             workers.threads.push(thread);
+            let handle = rx
+                .recv()
+                .map_err(|_| io::Error::other("a worker thread ended as it started"))??;
+            workers.handles.push(handle);
         }
         Ok(workers)
     }

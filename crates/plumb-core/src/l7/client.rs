@@ -252,7 +252,10 @@ impl KeepAlive {
                 in_use
             });
         }
-        lock(&self.counts).retain(|addr, _| usable(*addr));
+        // A count goes only once no shelf holds it (a shelf may have kept a
+        // connection to the backend since its turn above): a shelf holding an old
+        // count while the others start a new one would split the bound.
+        lock(&self.counts).retain(|addr, count| usable(*addr) || Arc::strong_count(count) > 1);
     }
 
     /// Idle connections kept now, all backends.

@@ -150,3 +150,73 @@ async fn kept_alive_bound_and_reuse_hold_across_workers() {
     );
     plumb.stop().await;
 }
+
+/// A listening socket with `SO_REUSEPORT`, as a running plumb would hand over.
+fn handed_over_socket() -> std::net::TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(128).unwrap();
+    s.into()
+}
+
+/// A binary upgrade to more workers than the running plumb had: beside the one
+/// socket handed over (which the running plumb goes on accepting on), the new
+/// process binds three more, which listen only when it starts accepting; a
+/// reload's new sockets too. A socket that listened before would take a share
+/// of new connections that wait, or are reset if the new process fails first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sockets_listen_only_when_their_accept_loops_start() {
+    let o = origin(|_| vec![Step::Write(ok("hi"))]).await;
+    let handed = handed_over_socket();
+    let addr = handed.local_addr().unwrap();
+    let toml = format!(
+        "[runtime]\nworkers = {WORKERS}\naccess_log = \"off\"\n{}",
+        http_config(&[o.addr], "", "").replace("127.0.0.1:0", &addr.to_string())
+    );
+    let config = plumb_config::parse(&toml).unwrap();
+    let mut inherited = std::collections::HashMap::from([(addr, vec![handed])]);
+    let bound = plumb_core::bind_all_with(&config, &mut inherited).unwrap();
+    assert_eq!(bound[0].sockets.len(), WORKERS);
+    assert_eq!(
+        listening_sockets_on(addr),
+        1,
+        "sockets bound beside the handed-over one listen before plumb accepts"
+    );
+    // A reload's sockets: bound, not listening.
+    let reload = plumb_core::bind(&config.listeners[0], WORKERS).unwrap();
+    assert_eq!(reload.sockets.len(), WORKERS);
+    assert_eq!(listening_sockets_on(addr), 1);
+    drop(reload);
+
+    let server = std::sync::Arc::new(plumb_core::Server::new(
+        &config,
+        plumb_core::Server::open_access_log(&config).unwrap(),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let s = std::sync::Arc::clone(&server);
+    let run = tokio::spawn(async move {
+        s.run(bound, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || listening_sockets_on(addr)
+            == WORKERS)
+        .await,
+        "{} sockets listen once plumb accepts, expected {WORKERS}",
+        listening_sockets_on(addr)
+    );
+    for i in 0..32 {
+        assert_eq!(one_request(addr, &format!("/{i}")).await, Ok(200));
+    }
+    let _ = stop.send(());
+    timeout(Duration::from_secs(40), run)
+        .await
+        .expect("plumb did not stop")
+        .unwrap()
+        .unwrap();
+}

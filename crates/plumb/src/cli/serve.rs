@@ -65,6 +65,14 @@ pub fn run(path: &Path, take_over: Option<Option<std::path::PathBuf>>) -> anyhow
             handover = Some(i);
         }
         let bound = plumb_core::bind_all_with(&config, &mut sockets)?;
+        let listening: usize = bound.iter().map(|b| b.sockets.len()).sum();
+        if config.runtime.upgrade_socket.is_some() && listening >= plumb_sys::MAX_PASSED_FDS {
+            tracing::warn!(
+                sockets = listening,
+                most = plumb_sys::MAX_PASSED_FDS - 1,
+                "binary upgrades cannot hand over this many listening sockets (one per address and worker): lower runtime.workers or the listening addresses"
+            );
+        }
         let admin_listener = match sockets.remove(&config.admin.listen).and_then(|v| v.into_iter().next()) {
             Some(s) => {
                 s.set_nonblocking(true)?;
