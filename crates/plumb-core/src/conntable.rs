@@ -13,6 +13,7 @@ use atomic_waker::AtomicWaker;
 use tokio::time::Instant;
 
 use crate::cause::{Cause, Side};
+use crate::lock;
 
 /// How to close both legs of a connection when told to from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,7 +291,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.table.lock(self.shard).remove(&self.conn.id);
+        lock(self.table.shards.get(self.shard)).remove(&self.conn.id);
     }
 }
 
@@ -323,7 +324,7 @@ impl ConnTable {
             legs: Mutex::new(Legs::default()),
         });
         let shard = self.shards.mine();
-        self.lock(shard).insert(id, Arc::clone(&conn));
+        lock(self.shards.get(shard)).insert(id, Arc::clone(&conn));
         Registration {
             table: Arc::clone(self),
             conn,
@@ -379,14 +380,6 @@ impl ConnTable {
         }
         conns.len()
     }
-
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
-        lock(self.shards.get(shard))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

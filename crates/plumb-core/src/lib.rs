@@ -82,6 +82,12 @@ pub mod hot {
 /// resistance such keys do not need and which cost more than the lookups it guards.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Locks `m`, going on past a poisoned lock (a panicked task leaves no state that
+/// the others cannot use).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub use accesslog::{AccessLog, End};
 pub use cause::{Cause, Side};
 pub use listener::{bind, bind_all, bind_all_with, BoundListener};

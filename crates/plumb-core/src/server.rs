@@ -19,6 +19,7 @@ use crate::accesslog::AccessLog;
 use crate::cause::Cause;
 use crate::conntable::{CloseHow, CloseOrder, ConnTable};
 use crate::listener::{self, accept_loop, BoundListener, ListenerCtx, ListenerSlot, ListenerStats};
+use crate::lock;
 use crate::pool::Pool;
 use crate::workers::Workers;
 
@@ -745,8 +746,4 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    l.lock().unwrap_or_else(|p| p.into_inner())
 }

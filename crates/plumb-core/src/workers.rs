@@ -43,13 +43,15 @@ pub(crate) struct Sharded<T> {
 #[repr(align(128))]
 struct Padded<T>(T);
 
+/// The cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
 impl<T> Sharded<T> {
     pub(crate) fn new(mut make: impl FnMut() -> T) -> Sharded<T> {
-        let n = std::thread::available_parallelism()
-            .map_or(1, NonZeroUsize::get)
-            .clamp(1, 64);
         Sharded {
-            shards: (0..n).map(|_| Padded(make())).collect(),
+            shards: (0..cores().clamp(1, 64)).map(|_| Padded(make())).collect(),
         }
     }
 
@@ -83,11 +85,7 @@ impl<T: Default> Default for Sharded<T> {
 
 /// How many workers a config asks for: `runtime.workers`, or one per core.
 pub fn count(config: &Config) -> usize {
-    config
-        .runtime
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
-        .max(1)
+    config.runtime.workers.unwrap_or_else(cores).max(1)
 }
 
 /// Workers 1 and up; stopped (their threads joined, the tasks left on them

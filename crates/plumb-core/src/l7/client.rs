@@ -37,7 +37,7 @@ use super::headers::Upstream;
 use crate::cause::Cause;
 use crate::upstream;
 use crate::workers::Sharded;
-use crate::FastMap;
+use crate::{lock, FastMap};
 
 /// A body sent upstream: the client's (streamed) or an empty one.
 pub(crate) type UpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -265,10 +265,6 @@ impl KeepAlive {
             .map(|s| lock(s).values().map(|k| k.idle.len()).sum::<usize>())
             .sum()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A new connection to `addr`: driven by plumb (`raw`), or by hyper's client.
